@@ -1,0 +1,310 @@
+"""A pool of warm sandbox workers that turns (problem, program) pairs into verdicts.
+
+Each worker is a separate ``python -I sdlib/sandbox_worker.py`` process (see its docstring for
+the isolation layers). Workers are pre-forked and keep each problem's compiled tests, so a job
+costs one ``fork`` rather than a fresh interpreter. A worker that dies (a program that got
+through to it, a crash of the worker itself) is restarted, and its job is retried once and
+then given a ``sandbox_error`` verdict: every sample always gets a verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import select
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import valuecodec
+from .problems import Problem
+from .verdict import Verdict
+
+WORKER_SCRIPT = Path(__file__).with_name("sandbox_worker.py")
+SANDBOX_UID_BASE = 61000  # as root, worker i runs programs as uid SANDBOX_UID_BASE + i
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    timeout: float = 10.0  # seconds of wall time per program, all its tests together
+    memory_mb: int = 2048  # address-space limit of the program's process
+    workers: int = 0  # 0 = one per CPU core
+    isolation: str = "auto"  # "auto" | "namespaces" (fail if unavailable) | "none"
+    nproc: int = 64  # processes/threads the program may have
+    output_mb: int = 16  # largest file (stdout included) the program may write
+    tmpfs_mb: int = 512  # size of the private /tmp of each worker
+
+    def n_workers(self) -> int:
+        return self.workers if self.workers > 0 else max(1, os.cpu_count() or 1)
+
+    def limits(self) -> dict[str, Any]:
+        """What a manifest records next to every result (EvalPlus lesson: verdicts depend
+        on these)."""
+        return {
+            "timeout_s": self.timeout,
+            "memory_mb": self.memory_mb,
+            "nproc": self.nproc,
+            "output_mb": self.output_mb,
+            "tmpfs_mb": self.tmpfs_mb,
+        }
+
+
+class SandboxUnavailable(RuntimeError):
+    """The requested isolation cannot be had on this machine."""
+
+
+def problem_message(problem: Problem) -> dict:
+    """The problem as a worker receives it, tests encoded with the value codec."""
+    tests = []
+    for test in problem.tests:
+        if test.kind == "assert":
+            tests.append({"kind": "assert", "code": test.code})
+        else:
+            tests.append(
+                {
+                    "kind": "call",
+                    "inputs": valuecodec.encode(list(test.inputs)),
+                    "expected": valuecodec.encode(test.expected),
+                    "oracle": test.oracle,
+                }
+            )
+    return {
+        "op": "problem",
+        "key": problem.key,
+        "entry_point": problem.entry_point,
+        "setup": problem.setup,
+        "atol": problem.atol,
+        "tests": tests,
+    }
+
+
+class _Worker:
+    def __init__(self, index: int, config: SandboxConfig):
+        self.index = index
+        self.config = config
+        self.proc: subprocess.Popen | None = None
+        self.loaded: set[str] = set()
+        self.isolation: dict = {}
+        self.start()
+
+    def start(self) -> None:
+        uid = SANDBOX_UID_BASE + self.index if os.getuid() == 0 else 0
+        cmd = [
+            sys.executable,
+            "-I",
+            str(WORKER_SCRIPT),
+            "--isolation",
+            self.config.isolation,
+            "--uid",
+            str(uid),
+            "--nproc",
+            str(self.config.nproc),
+            "--tmpfs-mb",
+            str(self.config.tmpfs_mb),
+            "--output-mb",
+            str(self.config.output_mb),
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            start_new_session=True,  # a program's killpg can never reach the caller
+        )
+        self.loaded = set()
+        reply = self.request({"op": "hello"}, timeout=30)
+        if reply is None or "fatal" in reply:
+            why = (reply or {}).get("fatal", "the worker did not start")
+            self.stop()
+            raise SandboxUnavailable(
+                f"sandbox isolation {self.config.isolation!r} is unavailable: {why}. "
+                "Use isolation='auto' to fall back to resource limits only."
+            )
+        self.isolation = reply["isolation"]
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, 9)
+        except OSError:
+            pass
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        self.proc = None
+
+    def request(self, message: dict, timeout: float) -> dict | None:
+        """Send one message and wait for its one-line reply; None if the worker died or hung."""
+        assert self.proc is not None and self.proc.stdin and self.proc.stdout
+        try:
+            self.proc.stdin.write((json.dumps(message) + "\n").encode())
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            return None
+        line = self.proc.stdout.readline()
+        if not line:
+            return None
+        try:
+            return json.loads(line)
+        except ValueError:
+            return None
+
+    def run(
+        self, problem: Problem, message: dict, program: str, mode: str, timeout: float
+    ) -> dict | None:
+        if problem.key not in self.loaded:
+            reply = self.request(message, timeout=120)
+            if reply is None or not reply.get("ok"):
+                return None
+            self.loaded.add(problem.key)
+        job = {
+            "op": "run",
+            "key": problem.key,
+            "program": program,
+            "timeout": timeout,
+            "memory_mb": self.config.memory_mb,
+            "mode": mode,
+        }
+        return self.request(job, timeout=timeout + 30)
+
+
+class Sandbox:
+    """Run programs against problems' tests on warm, isolated workers.
+
+    >>> with Sandbox() as sandbox:
+    ...     verdicts = sandbox.run_many([(problem, program), ...])
+    """
+
+    def __init__(self, config: SandboxConfig | None = None):
+        self.config = config or SandboxConfig()
+        self._messages: dict[str, dict] = {}
+        self._lock = threading.Lock()
+        self._idle: queue.Queue[_Worker] = queue.Queue()
+        self._workers = [_Worker(i, self.config) for i in range(self.config.n_workers())]
+        for worker in self._workers:
+            self._idle.put(worker)
+        self.restarts = 0
+
+    @property
+    def isolation(self) -> dict:
+        """Which layers are active (recorded in every run manifest)."""
+        return dict(self._workers[0].isolation, limits=self.config.limits())
+
+    def close(self) -> None:
+        for worker in self._workers:
+            worker.stop()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _message(self, problem: Problem) -> dict:
+        with self._lock:
+            message = self._messages.get(problem.key)
+            if message is None:
+                message = self._messages[problem.key] = problem_message(problem)
+            return message
+
+    def _execute(
+        self, problem: Problem, program: str, mode: str, timeout: float | None = None
+    ) -> dict:
+        message = self._message(problem)
+        worker = self._idle.get()
+        try:
+            for _attempt in range(2):
+                reply = worker.run(problem, message, program, mode, timeout or self.config.timeout)
+                if reply is not None and "verdict" in reply:
+                    return reply
+                # The worker died, hung or refused: replace it and try once more.
+                worker.stop()
+                self.restarts += 1
+                worker.start()
+            detail = (reply or {}).get("error", "the sandbox worker died twice on this program")
+            return {
+                "verdict": {
+                    "status": "sandbox_error",
+                    "feedback": detail,
+                    "total": len(problem.tests),
+                }
+            }
+        finally:
+            self._idle.put(worker)
+
+    def run(self, problem: Problem, program: str, timeout: float | None = None) -> Verdict:
+        return Verdict.from_dict(self._execute(problem, program, "check", timeout)["verdict"])
+
+    def reference_outputs(
+        self, problem: Problem, program: str, timeout: float | None = None
+    ) -> tuple[Verdict, list]:
+        """Run a trusted reference and return its outputs for the ``call`` tests."""
+        reply = self._execute(problem, program, "outputs", timeout)
+        outputs = [None if o is None else valuecodec.decode(o) for o in reply.get("outputs", [])]
+        return Verdict.from_dict(reply["verdict"]), outputs
+
+    def run_many(
+        self,
+        jobs: Iterable[tuple[Problem, str]],
+        progress: bool | str = False,
+        on_result: Callable[[int, Verdict], None] | None = None,
+    ) -> list[Verdict]:
+        """Verdicts in job order; ``on_result`` sees each as soon as it is ready."""
+        jobs = list(jobs)
+        results: list[Verdict | None] = [None] * len(jobs)
+        bar = _progress_bar(len(jobs), progress)
+        pending: queue.Queue[int] = queue.Queue()
+        for i in range(len(jobs)):
+            pending.put(i)
+
+        def drain() -> None:
+            while True:
+                try:
+                    i = pending.get_nowait()
+                except queue.Empty:
+                    return
+                problem, program = jobs[i]
+                verdict = self.run(problem, program)
+                results[i] = verdict
+                if on_result is not None:
+                    on_result(i, verdict)
+                if bar is not None:
+                    bar.update(1)
+
+        threads = [threading.Thread(target=drain, daemon=True) for _ in self._workers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if bar is not None:
+            bar.close()
+        return results  # type: ignore[return-value]
+
+
+def _progress_bar(total: int, progress: bool | str):
+    if not progress or total == 0:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total, desc=progress if isinstance(progress, str) else "executing", unit="prog"
+    )
+
+
+def run_programs(
+    problems: Sequence[Problem], programs: Sequence[str], config: SandboxConfig | None = None
+) -> list[Verdict]:
+    """One-shot convenience: a pool for a single batch."""
+    with Sandbox(config) as sandbox:
+        return sandbox.run_many(list(zip(problems, programs)))
