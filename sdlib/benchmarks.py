@@ -27,7 +27,7 @@ DATA_FILES = {
     "humaneval+": "HumanEvalPlus-v0.1.10.jsonl.gz",
     "mbpp+": "MbppPlus-v0.2.0.jsonl.gz",
 }
-EXPECTED_CACHE_VERSION = 1
+EXPECTED_CACHE_VERSION = 2
 REFERENCE_TIMEOUT = 30.0  # seconds for a canonical solution over all its inputs
 REFERENCE_INPUT_TIMEOUT = 20.0  # seconds for one input when the whole run failed
 
@@ -254,6 +254,7 @@ def _evalplus(benchmark: str, path: Path) -> list[Problem]:
                 tests=tests,
                 atol=float(row.get("atol") or 0.0),
                 visible_tests=visible,
+                reference_seconds=entry.get("seconds", 0.0),
             )
         )
     return problems
@@ -349,6 +350,7 @@ def compute_expected(benchmark: str, rows: list[dict]) -> dict:
             "expected": valuecodec.encode(outputs),
             "oracle": oracle,
             "dropped": dropped,
+            "seconds": verdict.duration,
         }
     return out
 

@@ -54,6 +54,9 @@ class Problem:
     atol: float = 0.0
     # The few test cases a prompt may show to the model (MBPP shows its first test).
     visible_tests: tuple[str, ...] = ()
+    # Seconds the reference took on all tests (EvalPlus benchmarks): a slow-but-correct
+    # program gets a time limit in proportion (SandboxConfig.reference_factor).
+    reference_seconds: float = 0.0
 
     @property
     def key(self) -> str:

@@ -9,12 +9,14 @@ then given a ``sandbox_error`` verdict: every sample always gets a verdict.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import queue
 import select
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -23,10 +25,14 @@ from typing import Any
 
 from . import valuecodec
 from .problems import Problem
-from .verdict import Verdict
+from .verdict import Verdict, cap
 
 WORKER_SCRIPT = Path(__file__).with_name("sandbox_worker.py")
-SANDBOX_UID_BASE = 61000  # as root, worker i runs programs as uid SANDBOX_UID_BASE + i
+# As root, each worker runs programs as a uid of its own from this range, claimed with an
+# flock, so that pools running side by side never share one (RLIMIT_NPROC is counted per uid,
+# and without a PID namespace kill(-1) reaches every process of the uid).
+SANDBOX_UID_BASE = 61000
+SANDBOX_UID_COUNT = 4000
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,9 @@ class SandboxConfig:
     nproc: int = 64  # processes/threads the program may have
     output_mb: int = 16  # largest file (stdout included) the program may write
     tmpfs_mb: int = 512  # size of the private /tmp of each worker
+    # EvalPlus's rule: a program may take reference_factor x the reference's time when that
+    # is longer than ``timeout`` (slow machines must not flip verdicts of correct programs).
+    reference_factor: float = 4.0
 
     def n_workers(self) -> int:
         return self.workers if self.workers > 0 else max(1, os.cpu_count() or 1)
@@ -47,6 +56,7 @@ class SandboxConfig:
         on these)."""
         return {
             "timeout_s": self.timeout,
+            "reference_factor": self.reference_factor,
             "memory_mb": self.memory_mb,
             "nproc": self.nproc,
             "output_mb": self.output_mb,
@@ -83,6 +93,21 @@ def problem_message(problem: Problem) -> dict:
     }
 
 
+def _claim_uid() -> tuple[int, int]:
+    """A sandbox uid that no other live pool on this machine holds, and the fd of its lock."""
+    directory = Path(tempfile.gettempdir()) / "sdlib-sandbox-uids"
+    directory.mkdir(mode=0o700, exist_ok=True)
+    for uid in range(SANDBOX_UID_BASE, SANDBOX_UID_BASE + SANDBOX_UID_COUNT):
+        fd = os.open(directory / f"{uid}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        return uid, fd
+    raise SandboxUnavailable("every sandbox uid is held by another pool")
+
+
 class _Worker:
     def __init__(self, index: int, config: SandboxConfig):
         self.index = index
@@ -90,10 +115,22 @@ class _Worker:
         self.proc: subprocess.Popen | None = None
         self.loaded: set[str] = set()
         self.isolation: dict = {}
-        self.start()
+        self.uid, self._uid_lock = _claim_uid() if os.getuid() == 0 else (0, None)
+        try:
+            self.start()
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Stop the worker for good and give its uid back."""
+        self.stop()
+        if self._uid_lock is not None:
+            os.close(self._uid_lock)
+            self._uid_lock = None
 
     def start(self) -> None:
-        uid = SANDBOX_UID_BASE + self.index if os.getuid() == 0 else 0
+        uid = self.uid
         cmd = [
             sys.executable,
             "-I",
@@ -191,7 +228,13 @@ class Sandbox:
         self._messages: dict[str, dict] = {}
         self._lock = threading.Lock()
         self._idle: queue.Queue[_Worker] = queue.Queue()
-        self._workers = [_Worker(i, self.config) for i in range(self.config.n_workers())]
+        self._workers: list[_Worker] = []
+        try:
+            for i in range(self.config.n_workers()):
+                self._workers.append(_Worker(i, self.config))
+        except BaseException:
+            self.close()
+            raise
         for worker in self._workers:
             self._idle.put(worker)
         self.restarts = 0
@@ -203,7 +246,7 @@ class Sandbox:
 
     def close(self) -> None:
         for worker in self._workers:
-            worker.stop()
+            worker.release()
 
     def __enter__(self) -> Sandbox:
         return self
@@ -225,7 +268,9 @@ class Sandbox:
         worker = self._idle.get()
         try:
             for _attempt in range(2):
-                reply = worker.run(problem, message, program, mode, timeout or self.config.timeout)
+                reply = worker.run(
+                    problem, message, program, mode, timeout or self.timeout_for(problem)
+                )
                 if reply is not None and "verdict" in reply:
                     return reply
                 # The worker died, hung or refused: replace it and try once more.
@@ -243,8 +288,11 @@ class Sandbox:
         finally:
             self._idle.put(worker)
 
+    def timeout_for(self, problem: Problem) -> float:
+        return max(self.config.timeout, self.config.reference_factor * problem.reference_seconds)
+
     def run(self, problem: Problem, program: str, timeout: float | None = None) -> Verdict:
-        return Verdict.from_dict(self._execute(problem, program, "check", timeout)["verdict"])
+        return _verdict(self._execute(problem, program, "check", timeout)["verdict"])
 
     def reference_outputs(
         self, problem: Problem, program: str, timeout: float | None = None
@@ -252,7 +300,7 @@ class Sandbox:
         """Run a trusted reference and return its outputs for the ``call`` tests."""
         reply = self._execute(problem, program, "outputs", timeout)
         outputs = [None if o is None else valuecodec.decode(o) for o in reply.get("outputs", [])]
-        return Verdict.from_dict(reply["verdict"]), outputs
+        return _verdict(reply["verdict"]), outputs
 
     def run_many(
         self,
@@ -290,6 +338,14 @@ class Sandbox:
         if bar is not None:
             bar.close()
         return results  # type: ignore[return-value]
+
+
+def _verdict(data: dict) -> Verdict:
+    """The worker's verdict, its feedback capped for a prompt (an exception message can be
+    megabytes)."""
+    verdict = Verdict.from_dict(data)
+    verdict.feedback = cap(verdict.feedback)
+    return verdict
 
 
 def _progress_bar(total: int, progress: bool | str):
