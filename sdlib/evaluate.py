@@ -90,7 +90,14 @@ def evaluate_samples(
             program = program_of(sample, problem)
         except ValueError as exc:
             invalid.append(f"{samples}: line {number}: {exc}")
-            slots.append({"line": number, "task_id": sample.get("task_id"), "status": "invalid", "error": str(exc)})
+            slots.append(
+                {
+                    "line": number,
+                    "task_id": sample.get("task_id"),
+                    "status": "invalid",
+                    "error": str(exc),
+                }
+            )
             continue
         index = per_task_index[task_id]
         per_task_index[task_id] += 1
@@ -136,7 +143,12 @@ def main(args) -> int:
         print(f"error: samples file {args.samples} does not exist", file=sys.stderr)
         return 2
     report = evaluate_samples(
-        args.benchmark, args.samples, args.out, config, data_dir=args.data_dir, progress=not args.quiet
+        args.benchmark,
+        args.samples,
+        args.out,
+        config,
+        data_dir=args.data_dir,
+        progress=not args.quiet,
     )
     for problem in report.invalid:
         print(f"error: {problem}", file=sys.stderr)

@@ -35,7 +35,12 @@ def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, An
                 yield number, BadLine(number, f"not valid JSON ({exc})", text[:200])
                 continue
             if not isinstance(obj, dict):
-                yield number, BadLine(number, f"expected a JSON object, got {type(obj).__name__}", text[:200])
+                yield (
+                    number,
+                    BadLine(
+                        number, f"expected a JSON object, got {type(obj).__name__}", text[:200]
+                    ),
+                )
                 continue
             yield number, obj
 

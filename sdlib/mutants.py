@@ -13,7 +13,13 @@ _FLIP = {
     ast.Eq: ast.NotEq,
     ast.NotEq: ast.Eq,
 }
-_SWAP = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Add, ast.FloorDiv: ast.Mult, ast.Mod: ast.FloorDiv}
+_SWAP = {
+    ast.Add: ast.Sub,
+    ast.Sub: ast.Add,
+    ast.Mult: ast.Add,
+    ast.FloorDiv: ast.Mult,
+    ast.Mod: ast.FloorDiv,
+}
 
 
 class _First(ast.NodeTransformer):
@@ -55,7 +61,9 @@ def mutate(program: str, entry_point: str, kind: str) -> str | None:
         tree = ast.parse(program)
     except SyntaxError:
         return None
-    targets = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == entry_point]
+    targets = [
+        n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == entry_point
+    ]
     if not targets:
         return None
     changer = _First(kind)

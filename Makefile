@@ -1,0 +1,41 @@
+# The two commands of a fresh machine:
+#   make demo   sets up .venv when missing and runs the whole pipeline on the embedded default
+#   make test   sets up .venv when missing and runs the test suite (what CI runs)
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Benchmark files: $SDLIB_DATA_DIR if set, else ../shared/data when it exists (tests, CI).
+SDLIB_DATA_DIR ?= $(if $(wildcard ../shared/data/mbpp.jsonl),$(abspath ../shared/data),$(HOME)/.cache/sdlib/data)
+export SDLIB_DATA_DIR
+PARAMS ?= params/smoke.yaml
+
+.PHONY: demo test lint format bench clean-venv
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch is pinned first: a plain `torch` would pull a multi-GB CUDA build on CPU machines
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c <(echo torch==2.13.0) -e ".[train,notebooks,bench,dev]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/sdlib run $(PARAMS)
+
+test: $(VENV)/.installed
+	$(VENV)/bin/ruff check sdlib tests benchmarks
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check sdlib tests benchmarks
+	$(VENV)/bin/ruff format --check sdlib tests benchmarks
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff format sdlib tests benchmarks
+	$(VENV)/bin/ruff check --fix sdlib tests benchmarks
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/sandbox_speed.py
+
+clean-venv:
+	rm -rf $(VENV)

