@@ -26,6 +26,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--data-dir", default=None, help="benchmark files (default $SDLIB_DATA_DIR)")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    rn = sub.add_parser("run", help="run a workbench's stage notebooks with papermill")
+    rn.add_argument("params", metavar="PARAMS.yaml", help="run parameters (see params/)")
+    rn.add_argument(
+        "--stages",
+        default=None,
+        help="comma list of stages to run (default: the params' stages): "
+        "collect,filter,sft,rl,eval,human_study",
+    )
+    rn.add_argument("--run-name", default=None, help="override the params' run_name")
+    rn.add_argument("--force", action="store_true", help="rerun the selected stages even when done")
+    rn.add_argument(
+        "--notebooks-dir", default="notebooks", help="stage notebooks (default: notebooks)"
+    )
+    rn.add_argument("--kernel", default="python3", help="Jupyter kernel (default: python3)")
     return parser
 
 
@@ -40,6 +55,23 @@ def main(argv: list[str] | None = None) -> int:
         except DataFileMissing as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+    if args.command == "run":
+        from .params import ParamsError
+        from .runner import RunError, run
+
+        try:
+            result = run(
+                args.params,
+                stages=args.stages,
+                run_name=args.run_name,
+                force=args.force,
+                notebooks_dir=args.notebooks_dir,
+                kernel=args.kernel,
+            )
+        except (ParamsError, RunError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return result.exit_code
     return 2
 
 
