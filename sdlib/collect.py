@@ -1,0 +1,222 @@
+"""Stage 1 (method §1): sample initial solutions, execute them, and ask a teacher to refine
+the wrong ones (Refine and Expl.+Refine).
+
+Records are committed one unit at a time (a problem's samples, a batch of wrong solutions'
+refinements) through ``ResumableLog``: a run killed at any point resumes where it stopped.
+
+Record contract (``outputs/<run>/collect/``), read by every later stage:
+
+* ``initial.jsonl``: one record per *unique* program of a problem — ``id``, ``task_id``,
+  ``benchmark``, ``prompt``, ``response``, ``code`` (None: no usable code), ``program``,
+  ``explanation``, ``duplicates`` (identical samples folded into it), ``verdict``
+  (``Verdict.to_dict()``), ``feedback`` (the text a refinement prompt shows), ``model``.
+* ``refinements.jsonl``: one record per teacher response — ``id``, ``parent`` (an initial
+  ``id``), ``task_id``, ``mode`` (``refine`` | ``expl_refine``), ``round``, ``messages`` (the
+  chat up to the feedback turn), ``prompt``, ``response``, ``explanation``, ``code``,
+  ``program``, ``parse_reason``, ``teacher``, ``finish_reason``, token counts. Refinements are
+  executed by the filter stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import prompts
+from .generation import Backend, SamplingParams
+from .problems import Problem
+from .resumable import ResumableLog
+from .sandbox import Sandbox
+from .verdict import Verdict
+
+WRONG_BATCH = 8  # wrong solutions whose refinements are generated together
+
+
+@dataclass
+class Generator:
+    """A backend plus what prompting it needs: its tokenizer (chat template) and its style."""
+
+    backend: Backend
+    name: str
+    tokenizer: Any = None
+    style: str = "base"  # initial prompts: "base" (few-shot completion) or "chat"
+    chat_api: bool = False  # an OpenAI-style chat endpoint takes messages, not text
+
+
+def seed_for(*parts: object) -> int:
+    """A stable per-unit seed, so a resumed run samples exactly what the first would have."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()
+    return int(digest[:8], 16)
+
+
+def no_code_verdict(problem: Problem, reason: str) -> Verdict:
+    return Verdict(status="no_code", total=len(problem.tests), feedback=reason or "no code")
+
+
+def sample_initial(
+    problems: Sequence[Problem],
+    model: Generator,
+    sandbox: Sandbox,
+    log: ResumableLog,
+    few_shot: Sequence[Problem],
+    n: int,
+    temperature: float,
+    max_new_tokens: int,
+    seed: int,
+    progress: bool = True,
+) -> None:
+    """Sample, deduplicate and execute initial solutions, one problem per committed unit."""
+    from tqdm.auto import tqdm
+
+    todo = [p for p in problems if p.key not in log.done]
+    for problem in tqdm(todo, desc="initial solutions", unit="problem", disable=not progress):
+        stop = list(prompts.STOP_BASE) if model.style == "base" else []
+        params = SamplingParams(
+            n=n,
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
+            stop=stop,
+            seed=seed_for(seed, problem.key),
+        )
+        if model.chat_api:
+            messages = prompts.initial_messages(problem, few_shot)
+            prompt = prompts.render_chat(messages)
+            completions = model.backend.generate_chat([messages], params)[0]
+        else:
+            prompt = prompts.initial_prompt(problem, few_shot, model.tokenizer, model.style)
+            completions = model.backend.generate([prompt], params)[0]
+        unique: dict[str, dict[str, Any]] = {}
+        for index, completion in enumerate(completions):
+            parsed = prompts.split_response(completion.text, problem.entry_point)
+            program = prompts.assemble_program(problem, parsed.code) if parsed.code else None
+            if program is None and parsed.broken_code:
+                program = prompts.assemble_program(problem, parsed.broken_code)  # -> syntax
+            key = program if program is not None else "\0" + completion.text.strip()
+            if key in unique:
+                unique[key]["duplicates"] += 1
+                continue
+            unique[key] = {
+                "id": f"{problem.key}/s{index}",
+                "kind": "initial",
+                "task_id": problem.task_id,
+                "benchmark": problem.benchmark,
+                "prompt": prompt,
+                "response": completion.text,
+                "explanation": parsed.explanation,
+                "code": parsed.code or parsed.broken_code,
+                "program": program,
+                "parse_reason": parsed.reason,
+                "duplicates": 0,
+                "finish_reason": completion.finish_reason,
+                "completion_tokens": completion.completion_tokens,
+                "model": model.name,
+            }
+        records = list(unique.values())
+        runnable = [r for r in records if r["program"] is not None]
+        verdicts = sandbox.run_many([(problem, r["program"]) for r in runnable])
+        for record, verdict in zip(runnable, verdicts):
+            record["verdict"] = verdict.to_dict()
+        for record in records:
+            if record["program"] is None:
+                record["verdict"] = no_code_verdict(problem, record["parse_reason"]).to_dict()
+            record["feedback"] = prompts.format_feedback(Verdict.from_dict(record["verdict"]))
+        log.commit(problem.key, records)
+
+
+def wrong_solutions(initial: list[dict[str, Any]], max_per_problem: int | None) -> list[dict]:
+    """The wrong, executed solutions a teacher is asked to refine (no-code answers have no
+    code to put in the history and are left out)."""
+    out: list[dict] = []
+    per_task: dict[str, int] = {}
+    for record in initial:
+        if record["verdict"]["status"] in ("pass", "no_code", "sandbox_error"):
+            continue
+        count = per_task.get(record["task_id"], 0)
+        if max_per_problem is not None and count >= max_per_problem:
+            continue
+        per_task[record["task_id"]] = count + 1
+        out.append(record)
+    return out
+
+
+def sample_refinements(
+    wrong: list[dict[str, Any]],
+    problems: dict[str, Problem],
+    teacher: Generator,
+    log: ResumableLog,
+    modes: Sequence[str],
+    n: int,
+    temperature: float,
+    max_new_tokens: int,
+    seed: int,
+    progress: bool = True,
+) -> None:
+    """Ask the teacher for ``n`` refinements of each wrong solution in each mode."""
+    from tqdm.auto import tqdm
+
+    todo = [w for w in wrong if w["id"] not in log.done]
+    bar = tqdm(total=len(todo), desc="refinements", unit="wrong solution", disable=not progress)
+    for start in range(0, len(todo), WRONG_BATCH):
+        batch = todo[start : start + WRONG_BATCH]
+        jobs = []  # (wrong record, mode, messages, prompt)
+        for record in batch:
+            problem = problems[record["task_id"]]
+            for mode in modes:
+                messages = prompts.refine_messages(
+                    problem, record["code"], record["feedback"], mode
+                )
+                prompt = prompts.render_chat(messages, teacher.tokenizer)
+                jobs.append((record, mode, messages, prompt))
+        params = SamplingParams(
+            n=n,
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
+            stop=[]
+            if teacher.chat_api
+            or teacher.tokenizer is not None
+            and getattr(teacher.tokenizer, "chat_template", None)
+            else list(prompts.STOP_PLAIN_CHAT),
+            seed=seed_for(seed, batch[0]["id"]),
+        )
+        if teacher.chat_api:
+            outputs = teacher.backend.generate_chat([j[2] for j in jobs], params)
+        else:
+            outputs = teacher.backend.generate([j[3] for j in jobs], params)
+        by_parent: dict[str, list[dict]] = {r["id"]: [] for r in batch}
+        for (record, mode, messages, prompt), completions in zip(jobs, outputs):
+            problem = problems[record["task_id"]]
+            for index, completion in enumerate(completions):
+                parsed = prompts.split_response(completion.text, problem.entry_point)
+                code = parsed.code or parsed.broken_code
+                by_parent[record["id"]].append(
+                    {
+                        "id": f"{record['id']}/{mode}/{index}",
+                        "kind": "refinement",
+                        "parent": record["id"],
+                        "task_id": record["task_id"],
+                        "benchmark": record["benchmark"],
+                        "mode": mode,
+                        "round": 1,
+                        "messages": messages,
+                        "prompt": prompt,
+                        "response": completion.text,
+                        "explanation": parsed.explanation if mode == "expl_refine" else "",
+                        "code": code,
+                        "program": prompts.assemble_program(problem, code) if code else None,
+                        "parse_reason": parsed.reason,
+                        "finish_reason": completion.finish_reason,
+                        "completion_tokens": completion.completion_tokens,
+                        "teacher": teacher.name,
+                    }
+                )
+        for record in batch:
+            log.commit(record["id"], by_parent[record["id"]])
+        bar.update(len(batch))
+    bar.close()
+
+
+def collect_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "collect"

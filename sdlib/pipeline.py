@@ -1,0 +1,129 @@
+"""The stages as the notebooks call them: one function per stage, taking the run's params and
+folder, writing its outputs and returning a small summary for the notebook to show."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from . import benchmarks, trajectories
+from .collect import collect_dir, sample_initial, sample_refinements, wrong_solutions
+from .params import RunParams
+from .resumable import ResumableLog, read_committed
+from .sandbox import Sandbox, SandboxConfig
+
+
+def sandbox_for(params: RunParams) -> Sandbox:
+    s = params.sandbox
+    return Sandbox(SandboxConfig(timeout=s.timeout, memory_mb=s.memory_mb, workers=s.workers))
+
+
+def record_sandbox(run_dir: Path, sandbox: Sandbox) -> None:
+    from .manifest import update_manifest
+
+    update_manifest(run_dir, sandbox=sandbox.isolation)
+
+
+def few_shot_problems(params: RunParams) -> list:
+    """MBPP's prompt split (task ids 1-10) provides the few-shot examples."""
+    if params.collect.few_shot <= 0:
+        return []
+    return benchmarks.load("mbpp", split="prompt", directory=params.data_directory())[
+        : params.collect.few_shot
+    ]
+
+
+def run_collect(params: RunParams, run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    from .default_model import training_problems
+    from .models import make_generator, make_teacher
+
+    run_dir = Path(run_dir)
+    folder = collect_dir(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = params.collect
+    problems = training_problems(params)
+    start = time.perf_counter()
+    with sandbox_for(params) as sandbox:
+        record_sandbox(run_dir, sandbox)
+        model = make_generator(params.model, params, sandbox, progress=progress)
+        teacher = make_teacher(params, model, sandbox)
+        with ResumableLog(folder / "initial.jsonl") as log:
+            resumed_initial = len(log.done)
+            sample_initial(
+                problems,
+                model,
+                sandbox,
+                log,
+                few_shot_problems(params),
+                cfg.samples_per_problem,
+                cfg.temperature,
+                cfg.max_new_tokens,
+                params.seed,
+                progress,
+            )
+            initial = log.records
+        t_initial = time.perf_counter() - start
+        wrong = wrong_solutions(initial, cfg.max_wrong_per_problem)
+        with ResumableLog(folder / "refinements.jsonl") as log:
+            resumed_wrong = len(log.done)
+            sample_refinements(
+                wrong,
+                {p.task_id: p for p in problems},
+                teacher,
+                log,
+                cfg.modes,
+                cfg.refinements_per_wrong,
+                cfg.refine_temperature,
+                cfg.max_new_tokens,
+                params.seed,
+                progress,
+            )
+            refinements = log.records
+    seconds = time.perf_counter() - start
+    return {
+        "problems": len(problems),
+        "initial_unique": len(initial),
+        "wrong": len(wrong),
+        "refinements": len(refinements),
+        "resumed": {"problems": resumed_initial, "wrong_solutions": resumed_wrong},
+        "model": model.name,
+        "teacher": teacher.name,
+        "seconds": round(seconds, 1),
+        "seconds_initial": round(t_initial, 1),
+        "records_per_second": round((len(initial) + len(refinements)) / max(seconds, 1e-9), 2),
+    }
+
+
+def load_collected(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
+    folder = collect_dir(run_dir)
+    for name in ("initial.jsonl", "refinements.jsonl"):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(
+                f"{folder / name} is missing: run the collect stage first "
+                f"(sdlib run PARAMS --stages collect)"
+            )
+    return read_committed(folder / "initial.jsonl"), read_committed(folder / "refinements.jsonl")
+
+
+def run_filter(params: RunParams, run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    from .default_model import training_problems
+
+    run_dir = Path(run_dir)
+    initial, refinements = load_collected(run_dir)
+    problems = {p.task_id: p for p in training_problems(params)}
+    start = time.perf_counter()
+    with sandbox_for(params) as sandbox:
+        record_sandbox(run_dir, sandbox)
+        judged = trajectories.judge_refinements(refinements, problems, sandbox, progress)
+    seconds = time.perf_counter() - start
+    sft = trajectories.sft_records(initial, judged, problems, params.filter.include_initial_correct)
+    rl = trajectories.rl_records(initial, judged)
+    table = trajectories.dataset_table(initial, judged, params.collect.source)
+    table["seconds"] = round(seconds, 2)
+    table["records_per_second"] = round(len(judged) / max(seconds, 1e-9), 1)
+    table["sft_records"] = len(sft)
+    table["sft_by_source"] = dict(trajectories.Counter(r["source"] for r in sft))
+    table["rl_records"] = len(rl)
+    trajectories.write_outputs(run_dir / "filter", judged, sft, rl, table)
+    return {"table": table, "initial": initial, "judged": judged}

@@ -1,0 +1,140 @@
+"""The embedded tiny model: builds from MBPP text, saves, reloads with Auto*, generates, is
+reused when nothing changed, and rebuilds bit-identically from its seed."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from sdlib.tiny_model import (
+    INFO_FILE,
+    TinyModelConfig,
+    build_tiny_model,
+    load_build_info,
+    tiny_prompt,
+    train_tokenizer,
+)
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+MBPP = Path(os.environ.get("SDLIB_DATA_DIR") or DATA) / "mbpp.jsonl"
+# Small enough for a few seconds per build on 2 shared CPU cores.
+SMALL = TinyModelConfig(
+    vocab_size=512, hidden=32, intermediate=64, layers=2, heads=2, max_len=320, steps=20
+)
+
+
+def _mbpp() -> tuple[list[str], list[tuple[str, str]]]:
+    """Tokenizer texts (train + validation text and code) and 24 train (prompt, code) pairs."""
+    rows = [json.loads(line) for line in MBPP.read_text().splitlines()]
+    train = [r for r in rows if 601 <= r["task_id"] <= 974]
+    val = [r for r in rows if 511 <= r["task_id"] <= 600]
+
+    def code(r: dict) -> str:
+        return r["code"].replace("\r\n", "\n")
+
+    texts = [r["text"] for r in train + val] + [code(r) for r in train + val]
+    pairs = [(tiny_prompt(r["text"], r["test_list"][0]), code(r)) for r in train[:24]]
+    return texts, pairs
+
+
+TEXTS, PAIRS = _mbpp()
+
+
+def test_default_config_is_the_measured_recipe() -> None:
+    c = TinyModelConfig()
+    assert (c.vocab_size, c.hidden, c.intermediate, c.layers, c.heads) == (4096, 128, 384, 2, 4)
+    assert (c.lr, c.batch, c.n_problems) == (3e-3, 16, 24)
+    assert 60 < c.steps < 250
+    assert c.hash() == TinyModelConfig().hash() != TinyModelConfig(seed=1).hash()
+
+
+def test_prompt_ends_on_a_token_boundary() -> None:
+    """Training tokenizes prompt and target apart: that must equal tokenizing them together."""
+    tok = train_tokenizer(TEXTS, 512)
+    for prompt, target in PAIRS[:8]:
+        whole = tok(prompt + target)["input_ids"]
+        apart = tok(prompt)["input_ids"] + tok(target, add_special_tokens=False)["input_ids"]
+        assert whole == apart
+
+
+def test_builds_saves_reloads_generates_and_is_reused(tmp_path: Path, capsys) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "tiny"
+    path = build_tiny_model(TEXTS, PAIRS, out, SMALL, progress=False)
+    assert path == out
+    info = load_build_info(out)
+    assert info["config"]["steps"] == 20 and len(info["losses"]) == 20
+    assert info["losses"][-1] < info["losses"][0] - 0.5  # it learned something
+    assert "loss curve" in capsys.readouterr().out
+
+    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert tok.padding_side == "left"
+    assert None not in (tok.pad_token_id, tok.eos_token_id, tok.bos_token_id)
+    assert len({tok.pad_token_id, tok.eos_token_id, tok.bos_token_id}) == 3
+    assert tok("def f():")["input_ids"][0] == tok.bos_token_id
+    assert tok.decode(tok("def f(x):\n\treturn x", add_special_tokens=False)["input_ids"]) == (
+        "def f(x):\n\treturn x"
+    )
+    chat = [{"role": "user", "content": "Fix it."}, {"role": "assistant", "content": "def f(): 1"}]
+    rendered = tok.apply_chat_template(chat, tokenize=False)
+    assert rendered.startswith(tok.bos_token) and "<|user|>\nFix it.<|end|>" in rendered
+    assert "<|assistant|>\ndef f(): 1<|end|>" in rendered
+    gen_prompt = tok.apply_chat_template(chat[:1], tokenize=False, add_generation_prompt=True)
+    assert gen_prompt.endswith("<|assistant|>\n")
+
+    batch = tok([PAIRS[0][0], PAIRS[1][0]], return_tensors="pt", padding=True)
+    assert batch["attention_mask"][:, -1].all()  # left padding: the prompts end together
+    with torch.inference_mode():
+        ids = model.generate(**batch, max_new_tokens=8, do_sample=False)
+    assert ids.shape[0] == 2 and batch["input_ids"].shape[1] < ids.shape[1]
+    assert ids.shape[1] <= batch["input_ids"].shape[1] + 8
+    assert all(isinstance(t, str) for t in tok.batch_decode(ids, skip_special_tokens=True))
+
+    # Same config and data: reused, nothing rewritten.
+    stamp = (out / "model.safetensors").stat().st_mtime_ns
+    start = time.perf_counter()
+    build_tiny_model(TEXTS, PAIRS, out, SMALL, progress=False)
+    assert time.perf_counter() - start < 1.0
+    assert (out / "model.safetensors").stat().st_mtime_ns == stamp
+    assert "reusing" in capsys.readouterr().out
+
+    # Another config (or other data) in the same place: rebuilt.
+    build_tiny_model(TEXTS, PAIRS[:12], out, SMALL, progress=False, verbose=False)
+    assert load_build_info(out)["train_pairs"] == 12
+    assert load_build_info(out)["hash"] != info["hash"]
+
+
+def test_same_seed_gives_identical_weights(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    few = TinyModelConfig(**{**SMALL.__dict__, "steps": 3})
+    a = build_tiny_model(TEXTS, PAIRS, tmp_path / "a", few, progress=False, verbose=False)
+    b = build_tiny_model(TEXTS, PAIRS, tmp_path / "b", few, progress=False, verbose=False)
+    other = TinyModelConfig(**{**few.__dict__, "seed": 1})
+    c = build_tiny_model(TEXTS, PAIRS, tmp_path / "c", other, progress=False, verbose=False)
+    wa, wb, wc = (load_file(p / "model.safetensors") for p in (a, b, c))
+    assert wa.keys() == wb.keys() == wc.keys()
+    assert all((wa[k] == wb[k]).all() for k in wa)
+    assert any(not (wa[k] == wc[k]).all() for k in wa)
+    assert (a / "tokenizer.json").read_bytes() == (b / "tokenizer.json").read_bytes()
+    assert load_build_info(a)["losses"] == load_build_info(b)["losses"]
+
+
+def test_refuses_to_overwrite_a_foreign_directory(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError):
+        build_tiny_model(TEXTS, PAIRS, tmp_path, SMALL, progress=False)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert not (tmp_path / INFO_FILE).exists()
+
+
+def test_rejects_empty_training_data(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        build_tiny_model(TEXTS, [], tmp_path / "m", SMALL, progress=False)
