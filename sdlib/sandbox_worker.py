@@ -33,6 +33,7 @@ Protocol: one JSON object per line on stdin/stdout.
 from __future__ import annotations
 
 import ast
+import builtins
 import ctypes
 import json
 import math
@@ -46,6 +47,8 @@ import signal
 import sys
 import time
 import traceback
+import types
+import weakref
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import valuecodec  # noqa: E402
@@ -172,6 +175,12 @@ def _remount_read_only(skip: set[str]) -> list[str]:
 # Everything the harness needs is bound here, before any program runs, so that a program
 # that monkeypatches builtins or modules cannot change how results are judged.
 
+# The builtins of everything defined below are a private copy taken now: a program that
+# patches the ``builtins`` module (``builtins.bool = lambda x: True``) changes what it sees,
+# never what the harness calls. Programs run with the real module; tests with a fresh copy.
+_PRISTINE_BUILTINS = dict(builtins.__dict__)
+__builtins__ = dict(_PRISTINE_BUILTINS)
+
 _type = type
 _len = len
 _repr = repr
@@ -180,9 +189,25 @@ _flags_of = type.__dict__["__flags__"].__get__
 _mro_of = type.__dict__["__mro__"].__get__
 _dict_of = type.__dict__["__dict__"].__get__
 _HEAPTYPE = 1 << 9
-_EQ_DUNDERS = ("__eq__", "__ne__", "__bool__", "__len__", "__lt__", "__le__", "__gt__", "__ge__")
-_CONTAINERS = (list, tuple, set, frozenset)
-_ALLOWED_HEAP = (collections.Counter,)
+_IMMUTABLETYPE = 1 << 8  # builtin and extension types; never a class a program defines
+_PYTHON_CLASS = _HEAPTYPE | _IMMUTABLETYPE  # flags & this == _HEAPTYPE: a class statement
+# The special names a class may define without changing how its instances compare or compute
+# (any other, __eq__ or __sub__ or __round__ or __iter__, lets an object answer what a test
+# wants to hear: ``abs(candidate(x) - 3.0) < 1e-6`` with ``__sub__`` answering 0.0).
+_INERT_DUNDERS = frozenset(
+    "__module__ __qualname__ __doc__ __dict__ __weakref__ __slots__ __init__ __new__ __repr__ "
+    "__str__ __hash__ __match_args__ __getnewargs__ __annotations__ __annotate__ __orig_bases__ "
+    "__parameters__ __type_params__ __firstlineno__ __static_attributes__ __classcell__ "
+    "__init_subclass__ __class_getitem__ __set_name__ __reduce__ __reduce_ex__ __getstate__ "
+    "__setstate__ __copy__ __deepcopy__ __sizeof__ __abstractmethods__ __dataclass_fields__ "
+    "__dataclass_params__".split()
+)
+_CONTAINERS = (list, tuple, set, frozenset, collections.deque)
+# Counter is a Python class: a program could patch its comparison methods.
+_COUNTER_ORIGINALS = dict(collections.Counter.__dict__)
+_SCALARS = frozenset((int, float, str, bool, bytes, complex, type(None)))
+# Static types whose comparison forwards to an object they wrap.
+_FORWARDING = (*weakref.ProxyTypes, types.MappingProxyType)
 _os_write = os.write
 _os_exit = os._exit
 _dumps = json.dumps
@@ -207,8 +232,9 @@ class NotPlain(Exception):
 
 
 def _check_plain(value) -> None:
-    """Accept builtin values (static C types), recursively; refuse objects whose class, or a
-    subclass of a builtin, defines its own comparison or truth. Defeats ``__eq__`` hacks."""
+    """Accept builtin and extension values, recursively; refuse objects of a class a program
+    defined (a subclass of a builtin included) with special methods of its own, and wrappers
+    that compare as what they hold. Defeats ``__eq__`` hacks and their relatives."""
     stack = [value]
     seen = 0
     while stack:
@@ -217,22 +243,67 @@ def _check_plain(value) -> None:
         if seen > 1_000_000:
             return
         klass = _type(item)
-        if _flags_of(klass) & _HEAPTYPE and klass not in _ALLOWED_HEAP:
-            for base in _mro_of(klass):
-                if not _flags_of(base) & _HEAPTYPE:
+        if klass in _SCALARS:
+            continue
+        mro = _mro_of(klass)
+        if klass is collections.Counter:
+            attrs = _dict_of(klass)
+            if _len(attrs) != _len(_COUNTER_ORIGINALS) or any(
+                attrs.get(name) is not value for name, value in _COUNTER_ORIGINALS.items()
+            ):
+                raise NotPlain("returned a Counter whose class was modified")
+        elif _flags_of(klass) & _PYTHON_CLASS == _HEAPTYPE:
+            for base in mro:
+                if _flags_of(base) & _PYTHON_CLASS != _HEAPTYPE:
                     break
-                attrs = _dict_of(base)
-                for name in _EQ_DUNDERS:
-                    if name in attrs:
+                for name in _dict_of(base):
+                    if name[:2] == "__" and name[-2:] == "__" and name not in _INERT_DUNDERS:
                         raise NotPlain(
                             f"returned an object of class {klass.__name__} that defines "
                             f"{name}; only plain values are compared"
                         )
-        if _isinstance(item, _CONTAINERS):
-            stack.extend(item)
-        elif _isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
+        if klass in _FORWARDING or _is_object_array(mro, item):
+            raise NotPlain(
+                f"returned a {klass.__name__}, which compares as the objects it holds; "
+                "only plain values are compared"
+            )
+        # Walk containers with the builtin base's own methods: a subclass's __iter__,
+        # keys() or values() could hide what its comparison will look at.
+        for base in _CONTAINERS:
+            if base in mro:
+                stack.extend(base.__iter__(item))
+                break
+        else:
+            if dict in mro:
+                stack.extend(dict.keys(item))
+                stack.extend(dict.values(item))
+
+
+def _is_object_array(mro: tuple, item) -> bool:
+    """A numpy array of Python objects compares element by element with their __eq__."""
+    for base in mro:
+        if base.__name__ == "ndarray" and base.__module__ == "numpy":
+            return bool(base.__dict__["dtype"].__get__(item).hasobject)
+    return False
+
+
+def _check_outcome(outcome) -> None:
+    """A comparison of plain values answers a bool (numpy scalars: a numpy bool)."""
+    klass = _type(outcome)
+    if klass is bool or (klass.__module__ == "numpy" and klass.__name__ in ("bool_", "bool")):
+        return
+    raise NotPlain(f"a comparison answered a {klass.__name__}, not a bool")
+
+
+def _checked(function):
+    """The entry point as the tests call it: every value it returns must be plain."""
+
+    def candidate(*args, **kwargs):
+        value = function(*args, **kwargs)
+        _check_plain(value)
+        return value
+
+    return candidate
 
 
 def _short(value) -> str:
@@ -309,7 +380,7 @@ def _eval_checked(piece: tuple, ns: dict, report: dict):
         right = eval(right_code, ns)
         _check_plain(right)
         outcome = op(left, right)
-        _check_plain(outcome)
+        _check_outcome(outcome)
         if not outcome:
             if op is operator.eq:
                 report["expected"], report["actual"] = _short(right), _short(left)
@@ -372,6 +443,7 @@ def _call_matches(out, exp, inputs, oracle: str, atol_state: list) -> bool:
     if oracle == "poly_root":
         return abs(_ORACLES["_poly"](*inputs, out)) <= atol_state[0]
     exact = out == exp
+    _check_outcome(exact)
     if oracle == "any":
         exact = True
     elif oracle == "sum_div":
@@ -425,7 +497,7 @@ def run_tests(fd: int, nonce: str, program: str, spec: dict, mode: str) -> None:
     except (SyntaxError, ValueError, OverflowError, RecursionError, MemoryError) as exc:
         send({"ev": "syntax", "msg": _error_line(exc)})
         return
-    ns: dict = {}
+    ns: dict = {"__builtins__": builtins}  # not the harness's private copy
     entry = spec["entry_point"]
     try:
         exec(code, ns)
@@ -437,6 +509,13 @@ def run_tests(fd: int, nonce: str, program: str, spec: dict, mode: str) -> None:
     except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt included
         send({"ev": "fatal", "etype": _type(exc).__name__, "msg": _error_line(exc)})
         return
+    # The tests run in a namespace of their own: their builtins are a pristine copy (not names
+    # the program shadowed, ``def abs(x): return 0``, nor a patched ``builtins`` module), and
+    # whatever the entry point returns to them must be plain, even inside loops.
+    test_ns = {k: v for k, v in ns.items() if k == entry or k not in _PRISTINE_BUILTINS}
+    test_ns["__builtins__"] = dict(_PRISTINE_BUILTINS)
+    if not _isinstance(ns[entry], type):
+        test_ns[entry] = test_ns["candidate"] = _checked(ns[entry])
     atol_state = [spec.get("atol") or 0.0]
     for index, test in enumerate(spec["tests"]):
         event: dict = {"ev": "test", "i": index}
@@ -457,15 +536,15 @@ def run_tests(fd: int, nonce: str, program: str, spec: dict, mode: str) -> None:
             elif test.get("whole", 1) is None:
                 raise SyntaxError("the test itself does not compile")
             else:
-                exec(test["prefix"], ns)
+                exec(test["prefix"], test_ns)
                 report: dict = {}
-                if test["assert"] is None or _eval_checked(test["assert"], ns, report):
+                if test["assert"] is None or _eval_checked(test["assert"], test_ns, report):
                     event["ok"] = True
                 else:
                     event["ok"] = False
                     event.update(report)
                     if test.get("msg") is not None:
-                        event["msg"] = _short(eval(test["msg"], ns))
+                        event["msg"] = _short(eval(test["msg"], test_ns))
         except NotPlain as exc:
             event.update(ok=False, etype="NotPlain", msg=str(exc))
         except MemoryError:
@@ -655,14 +734,14 @@ class Zygote:
 
     def _cleanup(self, pid: int) -> int | None:
         """Kill every process the job left and reap them; return the runner's wait status."""
-        status, self._runner_status = self._runner_status, None
         if self.namespaced:
             try:
                 os.kill(-1, signal.SIGKILL)  # PID 1 of the namespace: everyone but us
             except ProcessLookupError:
                 pass
         else:
-            self._kill_descendants(pid)
+            self._kill_descendants(pid)  # may reap the runner: its status is kept
+        status, self._runner_status = self._runner_status, None
         while True:
             try:
                 got, st = os.waitpid(-1, 0)
@@ -714,9 +793,11 @@ class Zygote:
                     pass
             for _child in children:
                 try:
-                    os.waitpid(-1, 0)
+                    got, status = os.waitpid(-1, 0)
                 except ChildProcessError:
                     break
+                if got == pid:
+                    self._runner_status = status
 
     def _verdict(self, events, outcome, status, total, spec, duration) -> dict:
         tests = [e for e in events if e.get("ev") == "test"]
