@@ -105,6 +105,7 @@ def build_default_model(params: RunParams, sandbox: Sandbox, out_root: Path | No
         lr=tiny.lr,
         batch=tiny.batch_size,
         steps=tiny.steps,
+        max_len=tiny.max_len,
         n_problems=tiny.n_problems,
     )
     corpus = benchmarks.load("mbpp", directory=params.data_directory())

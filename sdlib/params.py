@@ -23,7 +23,8 @@ class TinyModel(Strict):
     """The embedded default model, built locally (sdlib.tiny_model)."""
 
     n_problems: int = 24
-    steps: int = 180
+    steps: int = 160
+    max_len: int = 1024  # tokens of prompt + target (refinement chats are long)
     hidden: int = 128
     layers: int = 2
     heads: int = 4

@@ -134,10 +134,59 @@ def enter_namespaces(tmpfs_mb: int) -> dict:
             except OSError as exc:
                 info.setdefault("warnings", []).append(str(exc))
     info["private_tmpfs"] = private
+    if uid == 0:
+        info["exposed"] = _expose_interpreter(info)
     info["read_only"] = _remount_read_only(set(private))
     if info["read_only"]:
         info["layers"].append("read-only-mounts")
     return info
+
+
+def _blocker(path: str) -> str | None:
+    """The first directory on the way to ``path`` that an unprivileged uid cannot enter."""
+    current = "/"
+    for part in [p for p in path.split("/") if p]:
+        current = os.path.join(current, part)
+        if not os.stat(current).st_mode & 0o001:
+            return current
+    return None
+
+
+def _expose_interpreter(info: dict) -> list[str]:
+    """Let the unprivileged runner import the whole standard library and site-packages.
+
+    Python may live under a directory others cannot enter (pyenv in /root, mode 700). Such a
+    directory is covered by an empty tmpfs in our mount namespace, and only the interpreter's
+    own folders are bound back at their paths: the runner can import ``threading`` or
+    ``numpy`` but still sees nothing else of that home directory.
+    """
+    wanted = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sys.exec_prefix)}
+    wanted |= {os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}
+    wanted = {p for p in wanted if not any(p != q and p.startswith(q + "/") for q in wanted)}
+    by_blocker: dict[str, list[str]] = {}
+    for path in sorted(wanted):
+        blocker = _blocker(path)
+        if blocker is None:
+            continue
+        if blocker == path:
+            info.setdefault("warnings", []).append(f"{path} is not readable by the sandbox uid")
+            continue
+        by_blocker.setdefault(blocker, []).append(path)
+    exposed = []
+    for blocker, paths in by_blocker.items():
+        fds = {path: os.open(path, os.O_PATH | os.O_DIRECTORY) for path in paths}
+        try:
+            _mount("tmpfs", blocker, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+            for path, fd in fds.items():
+                os.makedirs(path, mode=0o755, exist_ok=True)
+                _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC, None)
+                exposed.append(path)
+        except OSError as exc:
+            info.setdefault("warnings", []).append(f"could not expose {paths}: {exc}")
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+    return exposed
 
 
 def _remount_read_only(skip: set[str]) -> list[str]:

@@ -836,3 +836,29 @@ def test_rlimits_only_kills_setsid_escapes(plain_sandbox):
 def test_unknown_isolation_level_is_refused():
     with pytest.raises((SandboxUnavailable, ValueError, RuntimeError)):
         Sandbox(SandboxConfig(isolation="bogus", workers=1))
+
+
+def test_programs_import_any_installed_module_but_see_no_home(sandbox):
+    """Python may live under a home the sandbox uid cannot enter (pyenv in /root): its own
+    folders are bound back, so imports that the worker did not preload work, while the rest
+    of that home stays hidden."""
+    import sys
+
+    program = (
+        "import threading, queue, socket, numpy, os, sys\n"
+        "def f():\n"
+        "    return [os.path.isdir(p) for p in " + repr([sys.base_prefix]) + "]\n"
+    )
+    verdict = sandbox.run(problem("imports", "f", *asserts("assert f() == [True]")), program)
+    assert verdict.status == "pass", verdict.feedback
+    home = Path(sys.base_prefix)
+    while home.parent != home and os.stat(home.parent).st_mode & 0o001:
+        home = home.parent
+    hidden = home.parent if not os.stat(home.parent).st_mode & 0o001 else None
+    if hidden is not None:  # e.g. /root on this machine: other entries must be invisible
+        others = [p.name for p in hidden.iterdir() if not str(home).startswith(str(p))]
+        check = f"import os\ndef f():\n    return sorted(os.listdir({str(hidden)!r}))\n"
+        seen = sandbox.run(
+            problem("home", "f", *asserts(f"assert not set(f()) & set({others!r})")), check
+        )
+        assert seen.status == "pass", seen.feedback
