@@ -157,10 +157,13 @@ def sample_refinements(
     """Ask the teacher for ``n`` refinements of each wrong solution in each mode."""
     from tqdm.auto import tqdm
 
-    todo = [w for w in wrong if w["id"] not in log.done]
-    bar = tqdm(total=len(todo), desc="refinements", unit="wrong solution", disable=not progress)
-    for start in range(0, len(todo), WRONG_BATCH):
-        batch = todo[start : start + WRONG_BATCH]
+    # Batches are cut from the whole list, not from what is left, so a resumed run samples
+    # exactly the batches (and so exactly the text) that an uninterrupted run would have.
+    batches = [wrong[i : i + WRONG_BATCH] for i in range(0, len(wrong), WRONG_BATCH)]
+    todo = [b for b in batches if any(w["id"] not in log.done for w in b)]
+    bar = tqdm(total=len(wrong), desc="refinements", unit="wrong solution", disable=not progress)
+    bar.update(len(wrong) - sum(len(b) for b in todo))
+    for batch in todo:
         jobs = []  # (wrong record, mode, messages, prompt)
         for record in batch:
             problem = problems[record["task_id"]]
@@ -174,10 +177,9 @@ def sample_refinements(
             n=n,
             temperature=temperature,
             max_new_tokens=max_new_tokens,
+            # sdlib's plain chat layout needs stop strings; a chat template ends turns itself
             stop=[]
-            if teacher.chat_api
-            or teacher.tokenizer is not None
-            and getattr(teacher.tokenizer, "chat_template", None)
+            if teacher.chat_api or teacher.tokenizer is not None
             else list(prompts.STOP_PLAIN_CHAT),
             seed=seed_for(seed, batch[0]["id"]),
         )
@@ -213,7 +215,8 @@ def sample_refinements(
                     }
                 )
         for record in batch:
-            log.commit(record["id"], by_parent[record["id"]])
+            if record["id"] not in log.done:
+                log.commit(record["id"], by_parent[record["id"]])
         bar.update(len(batch))
     bar.close()
 

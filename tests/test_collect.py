@@ -1,0 +1,194 @@
+"""Collection and filtering on a real tiny model: notebooks 01/02 through `sdlib run`, a run
+killed with SIGKILL that resumes without duplicates or losses, and the record contracts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sdlib.jsonl import JsonlWriter
+from sdlib.resumable import ResumableLog, read_committed
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PARAMS = {
+    "run_name": "mini",
+    "seed": 3,
+    "model": {"kind": "tiny", "batch_size": 32, "tiny": {"n_problems": 6, "steps": 70}},
+    "teacher": {"kind": "self"},
+    "sandbox": {"timeout": 5, "workers": 2},
+    "collect": {
+        "n_problems": 5,
+        "few_shot": 0,
+        "samples_per_problem": 4,
+        "temperature": 1.0,
+        "max_new_tokens": 128,
+        "refinements_per_wrong": 1,
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("collect")
+    (folder / "params.yaml").write_text(
+        yaml.safe_dump({**PARAMS, "output_dir": str(folder / "outputs")})
+    )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def finished_run(workdir, data_dir) -> Path:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sdlib.cli",
+            "run",
+            str(workdir / "params.yaml"),
+            "--stages",
+            "collect,filter",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return workdir / "outputs" / "mini"
+
+
+def test_run_writes_records_notebooks_and_manifest(finished_run):
+    run = finished_run
+    initial = read_committed(run / "collect" / "initial.jsonl")
+    refinements = read_committed(run / "collect" / "refinements.jsonl")
+    assert {r["task_id"] for r in initial} and len({r["id"] for r in initial}) == len(initial)
+    programs = [(r["task_id"], r["program"]) for r in initial if r["program"]]
+    assert len(programs) == len(set(programs)), "identical programs must be folded together"
+    assert {r["mode"] for r in refinements} == {"refine", "expl_refine"}
+    for record in refinements:  # the wrong solution sits in the history as the assistant turn
+        parent = next(r for r in initial if r["id"] == record["parent"])
+        assert (
+            record["messages"][1]["role"] == "assistant"
+            and parent["code"] in record["messages"][1]["content"]
+        )
+        assert parent["feedback"] in record["messages"][2]["content"]
+    judged = [
+        json.loads(x) for x in (run / "filter" / "refinements.jsonl").read_text().splitlines()
+    ]
+    assert len(judged) == len(refinements) and all("verdict" in r for r in judged)
+    sft = [json.loads(x) for x in (run / "filter" / "sft.jsonl").read_text().splitlines()]
+    passing = {r["id"] for r in initial if r["verdict"]["status"] == "pass"}
+    passing |= {r["id"] for r in judged if r["verdict"]["status"] == "pass"}
+    assert {r["id"] for r in sft} == passing
+    rl = [json.loads(x) for x in (run / "filter" / "rl.jsonl").read_text().splitlines()]
+    assert len(rl) == len(initial) + len(judged)
+    table = json.loads((run / "filter" / "table.json").read_text())
+    assert table["unique"] == len(initial) and table["wrong"] + table["correct"] == len(initial)
+    assert (run / "filter" / "overview.png").stat().st_size > 1000
+    assert (run / "notebooks" / "01_collect.ipynb").is_file() and (
+        run / "notebooks" / "02_filter.ipynb"
+    ).is_file()
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert (
+        manifest["stages"]["collect"]["status"] == "done"
+        and manifest["stages"]["filter"]["status"] == "done"
+    )
+    assert (
+        "pid-namespace" in manifest["sandbox"]["layers"]
+        and manifest["sandbox"]["limits"]["timeout_s"] == 5
+    )
+    assert "refine_instruction" in json.dumps(manifest["prompts"]).lower() or manifest["prompts"]
+
+
+def test_killed_run_resumes_without_duplicates_or_losses(finished_run, workdir, tmp_path):
+    """SIGKILL a real collection mid-way, start it again, and get exactly the records of the
+    uninterrupted run (per-unit seeds and fixed batches make the sampling reproducible)."""
+    run_dir = tmp_path / "killed"
+    script = (
+        "import sys; from sdlib import params as P, pipeline\n"
+        f"p = P.load({str(workdir / 'params.yaml')!r})\n"
+        f"print(pipeline.run_collect(p, {str(run_dir)!r}, progress=False))\n"
+    )
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, start_new_session=True
+    )
+    log = run_dir / "collect" / "initial.jsonl"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and log.read_text().count('"_committed"') >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = read_committed(log)
+    assert 0 < len({r["task_id"] for r in partial}) < PARAMS["collect"]["n_problems"]
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = out.stdout.strip().splitlines()[-1]
+    assert "'resumed': {'problems': " in summary and "'problems': 0" not in summary
+    for name in ("initial.jsonl", "refinements.jsonl"):
+        resumed = read_committed(run_dir / "collect" / name)
+        reference = read_committed(finished_run / "collect" / name)
+        assert len({r["id"] for r in resumed}) == len(resumed), f"duplicates in {name}"
+        key = lambda r: (r["id"], r.get("code"), r.get("verdict", {}).get("status"))  # noqa: E731
+        assert sorted(map(key, resumed)) == sorted(map(key, reference)), f"{name} differs"
+
+
+def test_resumable_log_drops_an_uncommitted_unit(tmp_path):
+    path = tmp_path / "log.jsonl"
+    with ResumableLog(path) as log:
+        log.commit("a", [{"id": "a1"}, {"id": "a2"}])
+    with JsonlWriter(path) as raw:  # a unit killed before its marker, then a torn line
+        raw.write({"id": "b1", "_unit": "b"})
+    with open(path, "a") as handle:
+        handle.write('{"id": "b2", "_un')
+    with ResumableLog(path) as log:
+        assert log.done == {"a"} and [r["id"] for r in log.records] == ["a1", "a2"]
+        assert log.dropped == 1
+        log.commit("b", [{"id": "b1"}])
+    assert [r["id"] for r in read_committed(path)] == ["a1", "a2", "b1"]
+    with pytest.raises(ValueError):
+        ResumableLog(path).commit("a", [])
+
+
+def test_bad_params_name_the_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("collect:\n  samples_per_problme: 3\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "sdlib.cli", "run", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2
+    assert (
+        "collect.samples_per_problme: unknown field" in proc.stderr
+        and "samples_per_problem" in proc.stderr
+    )
+
+
+def test_every_params_file_validates():
+    from sdlib import params
+
+    files = sorted((ROOT / "params").glob("*.yaml"))
+    assert {f.name for f in files} >= {"smoke.yaml", "codellama7b-paper.yaml", "starcoder15b-paper.yaml"}
+    for path in files:
+        params.load(path)
