@@ -9,6 +9,7 @@ never import evalplus or numpy.
 from __future__ import annotations
 
 import ast
+import functools
 import gzip
 import importlib.util
 import json
@@ -70,18 +71,24 @@ def load(
     if benchmark not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {benchmark!r}; choose one of {', '.join(BENCHMARKS)}")
     path = data_path(benchmark, directory)
-    if benchmark == "humaneval":
-        problems = [_humaneval(row) for row in _read_jsonl(path)]
-    elif benchmark == "mbpp":
-        problems = [_mbpp(row) for row in _read_jsonl(path)]
-    else:
-        problems = _evalplus(benchmark, path)
+    stat = path.stat()
+    problems = list(_load_file(benchmark, str(path), stat.st_size, stat.st_mtime_ns))
     if split is not None:
         problems = [p for p in problems if p.split == split]
     if task_ids is not None:
         wanted = set(task_ids)
         problems = [p for p in problems if p.task_id in wanted]
     return problems
+
+
+@functools.lru_cache(maxsize=8)
+def _load_file(benchmark: str, path: str, size: int, mtime_ns: int) -> tuple[Problem, ...]:
+    """Parsed once per process and file version (problems are immutable)."""
+    if benchmark == "humaneval":
+        return tuple(_humaneval(row) for row in _read_jsonl(Path(path)))
+    if benchmark == "mbpp":
+        return tuple(_mbpp(row) for row in _read_jsonl(Path(path)))
+    return tuple(_evalplus(benchmark, Path(path)))
 
 
 def load_by_id(
@@ -233,6 +240,10 @@ def _evalplus(benchmark: str, path: Path) -> list[Problem]:
         inputs = valuecodec.decode(entry["inputs"])
         expected = valuecodec.decode(entry["expected"])
         oracle = entry["oracle"]
+        wire = tuple(
+            {"kind": "call", "inputs": i, "expected": e, "oracle": oracle}
+            for i, e in zip(entry["inputs"], entry["expected"])
+        )
         tests = tuple(
             TestCase(kind="call", inputs=tuple(args), expected=out, oracle=oracle)
             for args, out in zip(inputs, expected)
@@ -255,6 +266,7 @@ def _evalplus(benchmark: str, path: Path) -> list[Problem]:
                 atol=float(row.get("atol") or 0.0),
                 visible_tests=visible,
                 reference_seconds=entry.get("seconds", 0.0),
+                wire_tests=wire,
             )
         )
     return problems

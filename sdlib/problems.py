@@ -57,6 +57,9 @@ class Problem:
     # Seconds the reference took on all tests (EvalPlus benchmarks): a slow-but-correct
     # program gets a time limit in proportion (SandboxConfig.reference_factor).
     reference_seconds: float = 0.0
+    # The tests already encoded for the sandbox's wire format (set by loaders that read them
+    # encoded, so that large EvalPlus inputs are not encoded a second time).
+    wire_tests: tuple = field(default=(), repr=False, compare=False)
 
     @property
     def key(self) -> str:

@@ -189,6 +189,10 @@ def test_every_params_file_validates():
     from sdlib import params
 
     files = sorted((ROOT / "params").glob("*.yaml"))
-    assert {f.name for f in files} >= {"smoke.yaml", "codellama7b-paper.yaml", "starcoder15b-paper.yaml"}
+    assert {f.name for f in files} >= {
+        "smoke.yaml",
+        "codellama7b-paper.yaml",
+        "starcoder15b-paper.yaml",
+    }
     for path in files:
         params.load(path)
