@@ -9,6 +9,7 @@ from typing import Any
 
 from . import benchmarks, trajectories
 from .collect import collect_dir, sample_initial, sample_refinements, wrong_solutions
+from .default_model import DISCLAIMER
 from .params import RunParams
 from .resumable import ResumableLog, read_committed
 from .sandbox import Sandbox, SandboxConfig
@@ -82,6 +83,7 @@ def run_collect(params: RunParams, run_dir: str | Path, progress: bool = True) -
             refinements = log.records
     seconds = time.perf_counter() - start
     return {
+        **({"note": DISCLAIMER} if params.model.kind == "tiny" else {}),
         "problems": len(problems),
         "initial_unique": len(initial),
         "wrong": len(wrong),
@@ -120,6 +122,8 @@ def run_filter(params: RunParams, run_dir: str | Path, progress: bool = True) ->
     sft = trajectories.sft_records(initial, judged, problems, params.filter.include_initial_correct)
     rl = trajectories.rl_records(initial, judged)
     table = trajectories.dataset_table(initial, judged, params.collect.source)
+    if params.model.kind == "tiny":
+        table["note"] = DISCLAIMER
     table["seconds"] = round(seconds, 2)
     table["records_per_second"] = round(len(judged) / max(seconds, 1e-9), 1)
     table["sft_records"] = len(sft)
