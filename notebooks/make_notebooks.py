@@ -20,14 +20,26 @@ write_notebook(
     "(explanation, then fixed code) responses. Records are committed as they are made: a "
     "killed run resumes where it stopped.",
     [
-        ("code", "from sdlib import pipeline\nsummary = pipeline.run_collect(params, run_dir)\nsummary"),
-        ("md", "With the embedded default model the numbers below say nothing about the method: "
-               "it is a tiny model built locally so that every stage gets real data."),
-        ("code", "import pandas as pd\nfrom sdlib.resumable import read_committed\n"
-                 "initial = read_committed(run_dir / 'collect' / 'initial.jsonl')\n"
-                 "pd.Series([r['verdict']['status'] for r in initial]).value_counts().rename('initial solutions')"),
-        ("code", "examples = [r for r in initial if r['verdict']['status'] != 'pass'][:2]\n"
-                 "for r in examples:\n    print(r['id'], r['verdict']['status'])\n    print(r['code'])\n    print('--- feedback:', r['feedback'])\n    print()"),
+        (
+            "code",
+            "from sdlib import pipeline\nsummary = pipeline.run_collect(params, run_dir)\nsummary",
+        ),
+        (
+            "md",
+            "With the embedded default model the numbers below say nothing about the method: "
+            "it is a tiny model built locally so that every stage gets real data.",
+        ),
+        (
+            "code",
+            "import pandas as pd\nfrom sdlib.resumable import read_committed\n"
+            "initial = read_committed(run_dir / 'collect' / 'initial.jsonl')\n"
+            "pd.Series([r['verdict']['status'] for r in initial]).value_counts().rename('initial solutions')",
+        ),
+        (
+            "code",
+            "examples = [r for r in initial if r['verdict']['status'] != 'pass'][:2]\n"
+            "for r in examples:\n    print(r['id'], r['verdict']['status'])\n    print(r['code'])\n    print('--- feedback:', r['feedback'])\n    print()",
+        ),
     ],
 )
 
@@ -40,20 +52,71 @@ write_notebook(
     "set is correct initial solutions + correct refinements (both instruction types); the RL "
     "set is everything, success and failure.",
     [
-        ("code", "from sdlib import pipeline, trajectories, plots\n"
-                 "result = pipeline.run_filter(params, run_dir)\ntable = result['table']"),
+        (
+            "code",
+            "from sdlib import pipeline, trajectories, plots\n"
+            "result = pipeline.run_filter(params, run_dir)\ntable = result['table']",
+        ),
         ("md", "## Dataset table (method §1's shape)"),
-        ("code", "import pandas as pd\n"
-                 "pd.DataFrame([{k: table[k] for k in ('source', 'problems', 'unique', 'correct', 'wrong', 'correct_refinements', 'rate')}])"),
-        ("code", "print('SFT records by source:', table['sft_by_source'])\n"
-                 "print('RL records:', table['rl_records'])\n"
-                 "print(f\"filtering: {table['records_per_second']} refinements/s\")"),
+        (
+            "code",
+            "import pandas as pd\n"
+            "pd.DataFrame([{k: table[k] for k in ('source', 'problems', 'unique', 'correct', 'wrong', 'correct_refinements', 'rate')}])",
+        ),
+        (
+            "code",
+            "print('SFT records by source:', table['sft_by_source'])\n"
+            "print('RL records:', table['rl_records'])\n"
+            "print(f\"filtering: {table['records_per_second']} refinements/s\")",
+        ),
         ("md", "## Outcomes, feedback kinds, refinement success by instruction type"),
-        ("code", "fig = plots.filter_overview(\n"
-                 "    trajectories.outcome_counts(result['initial']),\n"
-                 "    trajectories.feedback_kinds(result['initial']),\n"
-                 "    trajectories.success_by_mode(result['judged']),\n"
-                 "    save=run_dir / 'filter' / 'overview.png',\n)"),
+        (
+            "code",
+            "fig = plots.filter_overview(\n"
+            "    trajectories.outcome_counts(result['initial']),\n"
+            "    trajectories.feedback_kinds(result['initial']),\n"
+            "    trajectories.success_by_mode(result['judged']),\n"
+            "    save=run_dir / 'filter' / 'overview.png',\n)",
+        ),
     ],
 )
+write_notebook(
+    HERE / "03_sft.ipynb",
+    "sft",
+    "# 03 · SFT on execution-verified trajectories\n\n"
+    "Method §3: fine-tune on the filter stage's SFT set, which mixes plain code generation "
+    "(correct initial solutions) with correct **Refine** and **Expl.+Refine** trajectories. "
+    "Each chat is split into a prompt (task, the wrong solution as the assistant's first "
+    "answer, the feedback turn) and a completion (the final answer); with TRL's "
+    "`completion_only_loss` the loss falls only on the final answer, never on the wrong "
+    "solution in the history. LoRA by default (`sft.method: lora`), or `full`, or `qlora` "
+    "(CUDA only). Held-out loss is measured before and after training.",
+    [
+        ("code", "from sdlib import sft\nsummary = sft.run_sft(params, run_dir)\nsummary"),
+        (
+            "md",
+            "With the embedded default model the numbers below say nothing about the method: "
+            "it is a tiny model built locally so that every stage gets real data.",
+        ),
+        ("md", "## What the model is trained on (one refinement record: prompt | completion)"),
+        (
+            "code",
+            "records = sft.load_sft_records(run_dir)\n"
+            "example = next((r for r in records if r['source'] != 'initial'), records[0])\n"
+            "prompt, completion = sft.prompts.split_chat_for_training(example['messages'], example['final_answer'])\n"
+            "print(prompt)\nprint('=' * 30, 'loss only below this line', '=' * 30)\nprint(completion)",
+        ),
+        ("md", "## Loss"),
+        (
+            "code",
+            "import json\nfrom IPython.display import Image\n"
+            "metrics = json.loads((run_dir / 'sft' / 'metrics.json').read_text())\n"
+            "print('records:', metrics['records'])\n"
+            "print(f\"held-out loss: {metrics['eval_loss_before']} -> {metrics['eval_loss_after']}\")\n"
+            "print(metrics.get('warmup_note', f\"warm-up steps: {metrics['warmup_steps']}\"))\n"
+            "Image(filename=str(run_dir / 'sft' / 'loss.png'))",
+        ),
+    ],
+)
+
 print("notebooks written")
