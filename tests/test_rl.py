@@ -1,0 +1,249 @@
+"""RL stage: PPO end to end on the tiny model, with a real sandbox and real rewards.
+
+Reward placement and the PPO maths are tested in test_ppo.py; here the online loop: prompts
+from an rl.jsonl made by ``trajectories.rl_records`` (wrong solutions = real failing mutants
+of MBPP train references, with their real feedback), sampling, execution, CodeBLEU and
+embedding rewards, updates, and what the stage writes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sdlib import prompts, rl, trajectories
+from sdlib.params import parse
+
+PARAMS = {
+    "run_name": "rlmini",
+    "seed": 1,
+    # a barely trained tiny model: what it writes does not matter here, only that the loop runs
+    "model": {
+        "kind": "tiny",
+        "batch_size": 8,
+        "tiny": {"n_problems": 3, "steps": 4, "batch_size": 4, "max_len": 768},
+    },
+    "sandbox": {"timeout": 5, "workers": 2},
+    "collect": {"n_problems": 3, "exclude_eval_overlap": False},  # skips loading MBPP+ (8 s)
+    "rl": {
+        "steps": 2,
+        "batch_size": 4,
+        "max_new_tokens": 64,
+        "learning_rate": 1e-4,
+        "temperature": 1.0,
+    },
+}
+
+
+def _write_rl_jsonl(params, run_dir: Path) -> list[dict]:
+    """rl.jsonl in the filter stage's contract: per problem one wrong solution (a failing
+    mutant), a Refine and an Expl.+Refine refinement; the first problem's refinements pass
+    (so its prompts have reference code and explanations), the others fail (no references)."""
+    from sdlib.default_model import synthetic_explanation, training_problems
+    from sdlib.mutants import mutants
+    from sdlib.pipeline import sandbox_for
+
+    problems = training_problems(params)
+    initial, judged = [], []
+    with sandbox_for(params) as sandbox:
+        jobs = []
+        for problem in problems:
+            for kind, program in list(mutants(problem.reference, problem.entry_point).items())[:2]:
+                jobs.append((problem, kind, program))
+        verdicts = sandbox.run_many([(p, prog) for p, _, prog in jobs])
+    seen = set()
+    for (problem, kind, program), verdict in zip(jobs, verdicts):
+        if verdict.ok or problem.task_id in seen:
+            continue
+        seen.add(problem.task_id)
+        wid = f"{problem.task_id}/w0"
+        feedback = prompts.format_feedback(verdict)
+        initial.append(
+            {
+                "id": wid,
+                "task_id": problem.task_id,
+                "code": program,
+                "verdict": verdict.to_dict(),
+                "feedback": feedback,
+            }
+        )
+        good = len(seen) == 1
+        for mode in ("refine", "expl_refine"):
+            expl = synthetic_explanation(kind, verdict) if mode == "expl_refine" else ""
+            judged.append(
+                {
+                    "id": f"{wid}/{mode}/0",
+                    "parent": wid,
+                    "task_id": problem.task_id,
+                    "mode": mode,
+                    "messages": prompts.refine_messages(problem, program, feedback, mode),
+                    "response": prompts.format_answer(problem.reference, expl),
+                    "explanation": expl,
+                    "code": problem.reference if good else program,
+                    "verdict": {
+                        "status": "pass" if good else verdict.status,
+                        "passed": verdict.total if good else verdict.passed,
+                        "total": verdict.total,
+                    },
+                }
+            )
+    records = trajectories.rl_records(initial, judged)
+    (run_dir / "filter").mkdir(parents=True)
+    (run_dir / "filter" / "rl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+@pytest.fixture(scope="module")
+def rl_run(tmp_path_factory, data_dir):
+    folder = tmp_path_factory.mktemp("rl")
+    params = parse({**PARAMS, "output_dir": str(folder / "outputs")})
+    run_dir = folder / "outputs" / "rlmini"
+    records = _write_rl_jsonl(params, run_dir)
+    summary = rl.run_rl(params, run_dir, progress=False)
+    return params, run_dir, records, summary
+
+
+def test_prompts_one_per_parent_and_mode_with_all_references():
+    base = {"kind": "refinement", "task_id": "t", "messages": [{"role": "user", "content": "x"}]}
+    records = [
+        {"kind": "initial", "id": "w"},
+        {**base, "id": "w/refine/0", "parent": "w", "mode": "refine", "status": "pass",
+         "code": "A", "reference_code": ["B"], "reference_explanations": ["eB"]},
+        {**base, "id": "w/refine/1", "parent": "w", "mode": "refine", "status": "fail",
+         "code": "C", "reference_code": ["A", "B"], "reference_explanations": ["eB"]},
+        {**base, "id": "w/expl_refine/0", "parent": "w", "mode": "expl_refine",
+         "status": "pass", "code": "B", "explanation": "eB", "reference_code": ["A"],
+         "reference_explanations": []},
+        {**base, "id": "v/refine/0", "parent": "v", "mode": "refine", "status": "fail",
+         "code": "D", "reference_code": [], "reference_explanations": []},
+    ]  # fmt: skip
+    found = rl.rl_prompts(records)
+    assert [p.id for p in found] == ["w/refine", "w/expl_refine", "v/refine"]
+    assert sorted(found[0].reference_code) == ["A", "B"] and found[0].reference_explanations == [
+        "eB"
+    ]
+    assert found[1].reference_code == found[0].reference_code
+    assert found[2].reference_code == [] and found[2].reference_explanations == []
+    batches = rl.prompt_batches(found, 2, seed=0)
+    seen = [p.id for _ in range(3) for p in next(batches)]
+    assert sorted(seen[:3]) == sorted(p.id for p in found)  # every prompt once per pass
+
+
+def test_reward_config_from_params():
+    params = parse({"rl": {"expl_scale": 50.0, "expl_offset": 35.0, "expl_divisor": 3.0}})
+    config = rl.reward_config(params)
+    assert (config.expl_scale, config.expl_offset, config.expl_divisor) == (50.0, 35.0, 3.0)
+    default = rl.reward_config(parse({}))
+    assert default.expl_scale == rl.RewardConfig().expl_scale
+
+
+def test_grpo_baseline_runs_with_the_same_rewards(rl_run, tmp_path):
+    """trl's GRPOTrainer with R_code + R_expl summed: one step, same prompts and rewards."""
+    import shutil
+
+    params, run_dir, _, _ = rl_run
+    other = tmp_path / "grpo"
+    shutil.copytree(run_dir / "filter", other / "filter")
+    grpo = params.model_copy(
+        update={
+            "rl": params.rl.model_copy(
+                update={"algorithm": "grpo", "steps": 1, "max_new_tokens": 16}
+            )
+        }
+    )
+    summary = rl.run_rl(grpo, other, progress=False)
+    assert summary["algorithm"] == "grpo" and summary["group_size"] == 2
+    assert summary["start"] == "base+fresh_lora"
+    metrics = rl.read_metrics(other)
+    assert len(metrics) == 1 and -10.0 <= metrics[0]["reward_mean"] <= 10.0
+    assert metrics[0]["trl"]["reward"] == pytest.approx(metrics[0]["reward_mean"], abs=1e-4)
+    assert (other / "rl" / "model" / "adapter_config.json").is_file()
+    assert (other / "rl" / "reward.png").is_file()
+
+
+def test_ppo_run_end_to_end(rl_run):
+    params, run_dir, records, summary = rl_run
+    out = run_dir / "rl"
+    assert summary["start"] == "base+fresh_lora" and summary["steps"] == 2
+    assert summary["prompts_by_mode"] == {"expl_refine": 3, "refine": 3}
+    assert summary["prompts_with_reference_code"] == 2
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [0, 1]
+    for m in metrics:
+        assert -5.0 <= m["r_code_mean"] <= 5.0 and 0.0 <= m["pass_rate"] <= 1.0
+        assert m["kl"] == m["kl"] and m["policy_loss"] is not None
+        parts = sum(m[k] for k in ("seconds_generation", "seconds_execution", "seconds_update"))
+        assert parts + m["seconds_rewards"] <= m["seconds_step"] + 0.05
+        assert 0.0 < m["reward_share"] < 1.0
+    assert (out / "model" / "adapter_config.json").is_file()
+    assert (out / "model" / "adapter_model.safetensors").is_file()
+    assert (out / "model" / "value_head.pt").is_file()
+    assert (out / "reward.png").stat().st_size > 1000
+
+
+def test_expl_end_only_for_expl_refine_prompts(rl_run):
+    _, run_dir, _, _ = rl_run
+    samples = [
+        json.loads(line) for line in (run_dir / "rl" / "samples.jsonl").read_text().splitlines()
+    ]
+    assert len(samples) == 2 * 4 and {s["step"] for s in samples} == {0, 1}
+    for s in samples:
+        assert s["response_tokens"] >= 1 and -5.0 <= s["r_code"] <= 5.0
+        assert 0.0 <= s["s_ut"] <= 1.0
+        if s["mode"] == "refine":
+            assert s["expl_end"] is None and s["r_expl"] is None and s["explanation"] is None
+        elif s["n_reference_explanations"]:
+            assert s["r_expl"] is not None
+            assert 0 <= s["expl_end"] < s["response_tokens"]
+        else:  # no reference explanation: no explanation reward, nothing to place
+            assert s["r_expl"] is None and s["expl_end"] is None
+
+
+def test_score_rollouts_executes_code_and_finds_the_explanation_end(rl_run):
+    """Hand-written answers through the real sandbox, CodeBLEU and embeddings: the reference
+    fix passes, a no-code answer gets S_ut 0, and expl_end is the token before the code."""
+    from transformers import AutoTokenizer
+
+    from sdlib.default_model import training_problems
+    from sdlib.pipeline import sandbox_for
+    from sdlib.ppo import response_token_offsets
+
+    params, run_dir, _, summary = rl_run
+    tokenizer = AutoTokenizer.from_pretrained(summary["base_model"])
+    problems = {p.task_id: p for p in training_problems(params)}
+    items = rl.load_rl_prompts(run_dir)
+    with_refs = [i for i in items if i.reference_code]
+    expl_item = next(i for i in with_refs if i.mode == "expl_refine")
+    refine_item = next(i for i in with_refs if i.mode == "refine")
+    problem = problems[expl_item.task_id]
+    explanation = expl_item.reference_explanations[0]
+    texts = [
+        prompts.format_answer(problem.reference, explanation),
+        prompts.format_answer(problem.reference),
+        "I do not know.",
+    ]
+    batch = [expl_item, refine_item, expl_item]
+    rollouts = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        rollouts.append(
+            rl.Rollout([1], ids, tokenizer.decode(ids, skip_special_tokens=True), "stop")
+        )
+    with sandbox_for(params) as sandbox:
+        scored, t_exec, t_rewards = rl.score_rollouts(
+            batch, rollouts, problems, sandbox, tokenizer, rl.reward_config(params)
+        )
+    fixed, refined, no_code = scored
+    assert fixed["status"] == "pass" and fixed["s_ut"] == 1.0 and fixed["r_code"] > 4.5
+    assert fixed["s_ex"] > 0.99 and fixed["r_expl"] == 5.0  # its own reference explanation
+    code_at = rollouts[0].text.index("```python")
+    offsets = response_token_offsets(tokenizer, rollouts[0].response_ids)
+    end = fixed["expl_end"]
+    assert offsets[end][0] < code_at <= offsets[end + 1][0]
+    assert refined["status"] == "pass" and refined["expl_end"] is None
+    assert refined["r_expl"] is None
+    assert no_code["status"] == "no_code" and no_code["s_ut"] == 0.0
+    assert no_code["r_code"] == -5.0 and no_code["expl_end"] == len(rollouts[2].response_ids) - 1
+    assert t_exec > 0 and t_rewards > 0
