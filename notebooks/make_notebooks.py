@@ -119,4 +119,55 @@ write_notebook(
     ],
 )
 
+write_notebook(
+    HERE / "04_rl.ipynb",
+    "rl",
+    "# 04 · RL: PPO with per-token rewards\n\n"
+    "Method §4: the policy (the SFT adapter when there is one, else a fresh LoRA adapter on the "
+    "base model) samples a refinement for each wrong solution of the RL set; the code is "
+    "executed in the sandbox (S_ut) and compared with the correct refinements of the same wrong "
+    "solution (CodeBLEU, S_cb); the explanation with their explanations (embeddings, S_ex). "
+    "R_expl goes on the last explanation token, R_code on the final token, a KL penalty to the "
+    "adapter-free reference on every token. `rl.algorithm: grpo | rloo` runs trl's trainers with "
+    "R_code + R_expl as one sequence-level reward, for comparison.",
+    [
+        (
+            "code",
+            "from sdlib import rl\nsummary = rl.run_rl(params, run_dir)\n"
+            "{k: v for k, v in summary.items() if k not in ('reward_config', 'ppo_config')}",
+        ),
+        ("md", "With the embedded default model the numbers below say nothing about the method."),
+        ("md", "## Reward, pass rate and KL per step"),
+        (
+            "code",
+            "import pandas as pd\n"
+            "metrics = pd.DataFrame(rl.read_metrics(run_dir)).drop(columns=['ppo', 'trl'], errors='ignore')\n"
+            "metrics[[c for c in ('step', 'reward_mean', 'r_code_mean', 'r_expl_mean', 'pass_rate', "
+            "'no_code_rate', 'kl', 'policy_loss', 'value_loss', 'loss') if c in metrics]]",
+        ),
+        ("code", "fig = rl.plot_rewards(rl.read_metrics(run_dir))"),
+        (
+            "md",
+            "## Where a step's time goes\n\n`reward_share` = (execution + CodeBLEU + embeddings) / "
+            "whole step; step 0 includes loading the embedding model and CodeBLEU's parser.",
+        ),
+        (
+            "code",
+            "metrics[['step', *[c for c in metrics if c.startswith('seconds_')], 'reward_share']]",
+        ),
+        ("md", "## Samples"),
+        (
+            "code",
+            "samples = pd.read_json(run_dir / 'rl' / 'samples.jsonl', lines=True)\n"
+            "samples.groupby('mode')[['r_code', 'r_expl', 's_ut', 's_cb', 's_ex']].mean()",
+        ),
+        (
+            "code",
+            "for _, s in samples[samples['mode'] == 'expl_refine'].tail(2).iterrows():\n"
+            "    print(f\"--- {s['prompt']} ({s['status']}, R_code {s['r_code']:.2f}, R_expl {s['r_expl']})\")\n"
+            "    print(s['response'][:800])\n    print()",
+        ),
+    ],
+)
+
 print("notebooks written")

@@ -247,3 +247,19 @@ def test_score_rollouts_executes_code_and_finds_the_explanation_end(rl_run):
     assert no_code["status"] == "no_code" and no_code["s_ut"] == 0.0
     assert no_code["r_code"] == -5.0 and no_code["expl_end"] == len(rollouts[2].response_ids) - 1
     assert t_exec > 0 and t_rewards > 0
+
+
+def test_policy_starts_from_the_sft_adapter_when_there_is_one(rl_run, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    params, _, _, summary = rl_run
+    base = AutoModelForCausalLM.from_pretrained(summary["base_model"])
+    sft = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    sft.save_pretrained(str(tmp_path / "sft" / "model"))
+    AutoTokenizer.from_pretrained(summary["base_model"]).save_pretrained(
+        str(tmp_path / "sft" / "model")
+    )
+    model, _, start = rl.load_policy(summary["base_model"], tmp_path, params, "cpu")
+    assert start == "sft_adapter" and model.peft_config["default"].r == 4
+    assert any(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)
