@@ -296,6 +296,16 @@ def explanation_end(tokenizer: Any, rollout: Rollout, parsed: prompts.ParsedResp
     return 0 if index is None else min(index, len(rollout.response_ids) - 1)
 
 
+def parse_rollout(
+    problem: Any, mode: str, text: str
+) -> tuple[Any, str | None, str | None, str | None]:
+    """(parsed response, code, runnable program, explanation) of one sampled refinement."""
+    parsed = prompts.split_response(text, problem.entry_point)
+    code = parsed.code or parsed.broken_code
+    program = prompts.assemble_program(problem, code) if code else None
+    return parsed, code, program, parsed.explanation if mode == "expl_refine" else None
+
+
 def score_rollouts(
     batch: Sequence[RLPrompt],
     rollouts: Sequence[Rollout],
@@ -311,11 +321,7 @@ def score_rollouts(
     start = time.perf_counter()
     rows = []
     for item, rollout in zip(batch, rollouts, strict=True):
-        problem = problems[item.task_id]
-        parsed = prompts.split_response(rollout.text, problem.entry_point)
-        code = parsed.code or parsed.broken_code
-        program = prompts.assemble_program(problem, code) if code else None
-        expl = parsed.explanation if item.mode == "expl_refine" else None
+        parsed, code, program, expl = parse_rollout(problems[item.task_id], item.mode, rollout.text)
         rows.append({"parsed": parsed, "code": code, "program": program, "explanation": expl})
     runnable = [i for i, row in enumerate(rows) if row["program"]]
     verdicts = sandbox.run_many(
@@ -657,10 +663,7 @@ def run_trl_baseline(
             parsed_rows = []
             for item, rollout in zip(batch, rollouts, strict=True):
                 problem = problems[item.task_id]
-                parsed = prompts.split_response(rollout.text, problem.entry_point)
-                code = parsed.code or parsed.broken_code
-                program = prompts.assemble_program(problem, code) if code else None
-                expl = parsed.explanation if item.mode == "expl_refine" else None
+                _, code, program, expl = parse_rollout(problem, item.mode, rollout.text)
                 parsed_rows.append((problem, code, program, expl))
             runnable = [k for k, r in enumerate(parsed_rows) if r[2]]
             verdicts = sandbox.run_many([(parsed_rows[k][0], parsed_rows[k][2]) for k in runnable])
