@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from .collect import Generator
-from .params import ModelSpec, RunParams
+from .params import ModelSpec, NamedModel, RunParams
 from .sandbox import Sandbox
 
 
@@ -66,3 +66,58 @@ def make_teacher(params: RunParams, model: Generator, sandbox: Sandbox | None) -
     if params.teacher.kind == "self":
         return model
     return make_generator(params.teacher, params, sandbox)
+
+
+def model_label(entry: str | NamedModel) -> str:
+    return entry if isinstance(entry, str) else entry.name
+
+
+def stage_generator(
+    entry: str | NamedModel,
+    params: RunParams,
+    run_dir: str | os.PathLike[str],
+    sandbox: Sandbox | None = None,
+    progress: bool = True,
+) -> Generator:
+    """The generator a name stands for in a run: ``base`` (the params' model), ``sft`` and
+    ``rl`` (that stage's ``model/`` folder: a LoRA adapter on the base, or a full model),
+    ``teacher``, or any ``NamedModel``. Its ``name`` becomes the label."""
+    label = model_label(entry)
+    if isinstance(entry, NamedModel):
+        generator = make_generator(entry, params, sandbox, progress=progress)
+    elif entry == "base":
+        generator = make_generator(params.model, params, sandbox, progress=progress)
+    elif entry == "teacher":
+        spec = params.model if params.teacher.kind == "self" else params.teacher
+        generator = make_generator(spec, params, sandbox, progress=progress)
+    elif entry in ("sft", "rl"):
+        folder = Path(run_dir) / entry / "model"
+        if (
+            not (folder / "adapter_config.json").is_file()
+            and not (folder / "config.json").is_file()
+        ):
+            raise FileNotFoundError(
+                f"the model {entry!r} is named in the params but {folder} holds no model: run "
+                f"the {entry} stage first (sdlib run PARAMS --stages {entry}) or remove "
+                f"{entry!r} from the list of models"
+            )
+        sft_full = Path(run_dir) / "sft" / "model"
+        if (folder / "adapter_config.json").is_file():
+            # RL trains a fresh adapter on a full SFT model when SFT was not LoRA
+            on_full_sft = (
+                entry == "rl"
+                and (sft_full / "config.json").is_file()
+                and not (sft_full / "adapter_config.json").is_file()
+            )
+            if on_full_sft:
+                spec = params.model.model_copy(update={"kind": "hf", "path": str(sft_full)})
+            else:
+                spec = params.model
+            generator = make_generator(spec, params, sandbox, adapter=folder, progress=progress)
+        else:
+            spec = params.model.model_copy(update={"kind": "hf", "path": str(folder)})
+            generator = make_generator(spec, params, sandbox, progress=progress)
+    else:
+        raise ValueError(f"unknown model {entry!r}: use base, sft, rl, teacher or a model spec")
+    generator.name = label
+    return generator

@@ -13,6 +13,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 STAGES = ("collect", "filter", "sft", "rl", "eval", "human_study")
+# Models a run makes or names: the base model, the SFT and RL outputs, the teacher.
+STAGE_MODELS = ("base", "sft", "rl", "teacher")
 
 
 class Strict(BaseModel):
@@ -117,6 +119,12 @@ class RLParams(Strict):
     expl_divisor: float | None = None
 
 
+class NamedModel(ModelSpec):
+    """A model to evaluate beyond the run's own stages: any Hugging Face model or endpoint."""
+
+    name: str
+
+
 class EvalParams(Strict):
     benchmarks: list[Literal["mbpp", "humaneval", "mbpp+", "humaneval+"]] = Field(
         default_factory=lambda: ["mbpp", "humaneval", "mbpp+", "humaneval+"]
@@ -125,8 +133,26 @@ class EvalParams(Strict):
     samples_per_task: int = 100
     temperature: float = 0.8
     max_new_tokens: int = 512
-    rounds: int = 3
-    models: list[str] = Field(default_factory=lambda: ["base", "sft", "rl"])
+    rounds: int = 3  # iterative refinement rounds (round 1 is the paper's Table 2)
+    modes: list[Literal["refine", "expl_refine"]] = Field(
+        default_factory=lambda: ["refine", "expl_refine"]
+    )
+    resample_baseline: bool = True  # fresh samples with the same number of model calls
+    # "base", "sft", "rl" (this run's stages), "teacher", or a NamedModel (any HF model/endpoint)
+    models: list[str | NamedModel] = Field(default_factory=lambda: ["base", "sft", "rl"])
+
+    @model_validator(mode="after")
+    def _names(self) -> EvalParams:
+        names = [m if isinstance(m, str) else m.name for m in self.models]
+        unknown = [n for n in self.models if isinstance(n, str) and n not in STAGE_MODELS]
+        if unknown:
+            raise ValueError(
+                f"unknown model name(s) {unknown}: use one of {list(STAGE_MODELS)} or a mapping "
+                "with 'name' and a model spec (kind, path, ...)"
+            )
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {names}")
+        return self
 
 
 class HumanStudyParams(Strict):
