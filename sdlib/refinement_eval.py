@@ -1,0 +1,542 @@
+"""Stage 5 (method §5): sample, execute and refine on the evaluation benchmarks.
+
+For each model and benchmark, ``n`` samples per task are drawn (round 0). In each of up to
+``R`` rounds every sample that still fails gets one more model call per setting:
+
+* ``refine`` / ``expl_refine``: the chat so far plus the failing code and its feedback
+  (iterative refinement: round r+1 sees round r's code and feedback as the latest turns);
+* ``resample``: a fresh first attempt, the equal-budget baseline ("Is Self-Repair a Silver
+  Bullet?"): the same number of model calls as each refinement setting, round by round.
+
+Generation and execution overlap: while the model generates task t, a worker thread executes
+and commits task t-1, so a run takes about the larger of the two rather than their sum.
+
+Outputs (``outputs/<run>/eval/<model>/<benchmark>/``), each a ``ResumableLog`` committed per
+task, so a killed eval resumes without regenerating anything finished:
+
+* ``initial.jsonl``: one record per sample: ``id`` (``<task_id>/s<index>``), ``task_id``,
+  ``index``, ``benchmark``, ``model``, ``prompt``, ``response``, ``explanation``, ``code``,
+  ``solution`` (the whole program that was executed), ``no_code``, ``verdict``, ``feedback``.
+* ``round<r>.jsonl``: one record per model call of round r: ``id``
+  (``<root>/<mode>/r<round>``), ``root`` (the sample), ``parent`` (the record refined),
+  ``mode``, ``round``, ``messages`` (refinement chats), and the fields above.
+* ``samples.jsonl`` and ``samples_<mode>_r<r>.jsonl``: EvalPlus-format exports (``task_id``,
+  ``solution``) of the samples and of every chain's program after round r; ``sdlib
+  evaluate`` (or EvalPlus) on them reproduces the verdicts and pass@k of this stage.
+
+A sample without usable code is submitted as the bare prompt (what EvalPlus would run) and
+flagged ``no_code``; its refinement prompt says that no code was found.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import benchmarks, prompts
+from .collect import (
+    Generator,
+    chat_stop,
+    complete,
+    initial_request,
+    initial_stop,
+    no_code_verdict,
+    seed_for,
+)
+from .generation import Completion, SamplingParams
+from .jsonl import write_jsonl
+from .params import NamedModel, RunParams
+from .problems import Problem
+from .resumable import ResumableLog, read_committed
+from .sandbox import Sandbox
+from .verdict import Verdict
+
+REFINE_MODES = ("refine", "expl_refine")
+RESAMPLE = "resample"
+
+
+def eval_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "eval"
+
+
+def benchmark_dir(run_dir: str | Path, model: str, benchmark: str) -> Path:
+    return eval_dir(run_dir) / model / benchmark
+
+
+def eval_problems(params: RunParams, benchmark: str) -> list[Problem]:
+    """The benchmark's evaluation tasks (MBPP: the test split, task ids 11-510), the first
+    ``eval.n_problems`` of them when set."""
+    split = "test" if benchmark == "mbpp" else None
+    problems = benchmarks.load(benchmark, split=split, directory=params.data_directory())
+    n = params.eval.n_problems
+    return list(problems if n is None else problems[:n])
+
+
+def settings(params: RunParams) -> list[str]:
+    """The round-by-round settings: the refinement modes, then the resampling baseline."""
+    modes = [m for m in REFINE_MODES if m in params.eval.modes]
+    return modes + ([RESAMPLE] if params.eval.resample_baseline else [])
+
+
+# ---------------------------------------------------------------------------- records
+
+
+def _record(problem: Problem, completion: Completion, mode: str | None) -> dict[str, Any]:
+    """The parsed fields of one model answer, with the program that will be executed."""
+    parsed = prompts.split_response(completion.text, problem.entry_point)
+    code = parsed.code or parsed.broken_code
+    return {
+        "response": completion.text,
+        "explanation": parsed.explanation if mode in (None, "expl_refine", RESAMPLE) else "",
+        "code": code,
+        # No code: submit the bare prompt, as EvalPlus would (a counted failure).
+        "solution": prompts.assemble_program(problem, code)
+        if code
+        else problem.program_from_completion(""),
+        "no_code": not code,
+        "parse_reason": parsed.reason,
+        "finish_reason": completion.finish_reason,
+        "completion_tokens": completion.completion_tokens,
+    }
+
+
+def _with_verdict(record: dict[str, Any], problem: Problem, verdict: Verdict) -> dict[str, Any]:
+    shown = no_code_verdict(problem, record["parse_reason"]) if record["no_code"] else verdict
+    return {**record, "verdict": verdict.to_dict(), "feedback": prompts.format_feedback(shown)}
+
+
+def _failed(record: dict[str, Any] | None) -> bool:
+    return record is not None and record["verdict"]["status"] != "pass"
+
+
+# ---------------------------------------------------------------------------- pipeline
+
+
+@dataclass
+class Clock:
+    """Seconds spent generating (main thread) and executing (worker thread), and in all."""
+
+    generation: float = 0.0
+    execution: float = 0.0
+    wall: float = 0.0
+    units: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, what: str, seconds: float) -> None:
+        with self.lock:
+            setattr(self, what, getattr(self, what) + seconds)
+
+    def as_dict(self) -> dict[str, float]:
+        busy = max(self.generation, self.execution)
+        return {
+            "generation_s": round(self.generation, 2),
+            "execution_s": round(self.execution, 2),
+            "wall_s": round(self.wall, 2),
+            "sum_s": round(self.generation + self.execution, 2),
+            # 1.0: wall time equals the larger part (perfect overlap); 0.0: equals their sum
+            "overlap": round(
+                (self.generation + self.execution - self.wall)
+                / max(min(self.generation, self.execution), 1e-9),
+                3,
+            )
+            if busy
+            else 0.0,
+            "units": self.units,
+        }
+
+
+class ExecutionPipeline:
+    """Executes and commits units on one worker thread while the caller generates the next."""
+
+    def __init__(self, sandbox: Sandbox, clock: Clock):
+        self.sandbox = sandbox
+        self.clock = clock
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdlib-exec")
+        self.futures: dict[tuple[int, str], Future] = {}
+
+    def submit(
+        self, key: tuple[int, str], log: ResumableLog, problem: Problem, records: list[dict]
+    ) -> None:
+        self.futures[key] = self.pool.submit(self._execute, log, problem, records)
+
+    def _execute(self, log: ResumableLog, problem: Problem, records: list[dict]) -> list[dict]:
+        start = time.perf_counter()
+        unique = sorted({r["solution"] for r in records})  # identical programs run once
+        verdicts = dict(zip(unique, self.sandbox.run_many([(problem, s) for s in unique])))
+        done = [_with_verdict(r, problem, verdicts[r["solution"]]) for r in records]
+        log.commit(problem.task_id, done)
+        self.clock.add("execution", time.perf_counter() - start)
+        self.clock.add("units", 1)
+        return done
+
+    def result(self, key: tuple[int, str]) -> list[dict] | None:
+        future = self.futures.get(key)
+        return None if future is None else future.result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        for future in self.futures.values():
+            future.result()  # re-raise a worker's exception
+
+
+@dataclass
+class BenchmarkRun:
+    """What one (model, benchmark) evaluation needs."""
+
+    model: Generator
+    label: str
+    problems: list[Problem]
+    folder: Path
+    few_shot: Sequence[Problem]
+    n: int
+    temperature: float
+    max_new_tokens: int
+    rounds: int
+    settings: list[str]
+    seed: int
+    tasks_per_call: int = 8
+
+    @property
+    def benchmark(self) -> str:
+        return self.problems[0].benchmark if self.problems else "-"
+
+
+def _round_log_path(folder: Path, round_: int) -> Path:
+    return folder / ("initial.jsonl" if round_ == 0 else f"round{round_}.jsonl")
+
+
+def is_complete(folder: Path, problems: Sequence[Problem], rounds: int) -> bool:
+    """Every task committed in every round (checked before loading a model for nothing)."""
+    from .jsonl import read_records_tolerant
+    from .resumable import MARKER
+
+    want = {p.task_id for p in problems}
+    for r in range(rounds + 1):
+        path = _round_log_path(folder, r)
+        if not path.is_file():
+            return False
+        done = {rec[MARKER] for rec in read_records_tolerant(path) if MARKER in rec}
+        if not want <= done:
+            return False
+    return True
+
+
+def _sampling(job: BenchmarkRun, n: int, stop: list[str], *seed_parts: object) -> SamplingParams:
+    return SamplingParams(
+        n=n,
+        temperature=job.temperature,
+        max_new_tokens=job.max_new_tokens,
+        stop=stop,
+        seed=seed_for(job.seed, job.label, *seed_parts),
+    )
+
+
+def _generate_initial(
+    job: BenchmarkRun, problems: list[Problem], seed_key: str, clock: Clock
+) -> dict[str, list[dict]]:
+    """``n`` samples of each task, in one generation call."""
+    requests = [initial_request(p, job.few_shot, job.model) for p in problems]
+    params = _sampling(job, job.n, initial_stop(job.model), seed_key, 0)
+    start = time.perf_counter()
+    outputs = complete(job.model, requests, params)
+    clock.add("generation", time.perf_counter() - start)
+    return {
+        problem.task_id: [
+            {
+                "id": f"{problem.task_id}/s{index}",
+                "kind": "sample",
+                "task_id": problem.task_id,
+                "index": index,
+                "benchmark": problem.benchmark,
+                "model": job.label,
+                "prompt": request[1],
+                **_record(problem, completion, None),
+            }
+            for index, completion in enumerate(completions)
+        ]
+        for problem, request, completions in zip(problems, requests, outputs)
+    }
+
+
+def _heads(job: BenchmarkRun, round_: int, initial: list[dict], previous: list[dict] | None):
+    """(setting, record to refine or replace) for every chain still failing."""
+    latest = {(r["root"], r["mode"]): r for r in previous or []}
+    for sample in initial:
+        for setting in job.settings:
+            head = sample if round_ == 1 else latest.get((sample["id"], setting))
+            if _failed(head):
+                yield setting, head
+
+
+def _generate_round(
+    job: BenchmarkRun,
+    round_: int,
+    chains: list[tuple[Problem, str, dict]],
+    seed_key: str,
+    clock: Clock,
+) -> list[tuple[Problem, dict]]:
+    """One model call per failing chain (problem, setting, head) of round ``round_``:
+    refinement requests in one generation call, fresh samples in another."""
+    refine = [c for c in chains if c[1] != RESAMPLE]
+    resample = [c for c in chains if c[1] == RESAMPLE]
+    out: list[tuple[Problem, dict]] = []
+    start = time.perf_counter()
+    if refine:
+        requests = []
+        for problem, setting, head in refine:
+            if "messages" in head and head.get("mode") == setting:  # round 2+: continue the chat
+                messages = prompts.add_refine_turn(
+                    head["messages"], head["code"] or "", head["feedback"], setting
+                )
+            else:
+                messages = prompts.refine_messages(
+                    problem, head["code"] or "", head["feedback"], setting
+                )
+            requests.append((messages, prompts.render_chat(messages, job.model.tokenizer)))
+        params = _sampling(job, 1, chat_stop(job.model), seed_key, round_, "refine")
+        outputs = complete(job.model, requests, params)
+        for (problem, setting, head), (messages, prompt), completions in zip(
+            refine, requests, outputs
+        ):
+            record = _round_record(job, problem, round_, setting, head, completions[0])
+            out.append((problem, {**record, "messages": messages, "prompt": prompt}))
+    if resample:
+        requests = [initial_request(problem, job.few_shot, job.model) for problem, _, _ in resample]
+        params = _sampling(job, 1, initial_stop(job.model), seed_key, round_, RESAMPLE)
+        outputs = complete(job.model, requests, params)
+        for (problem, setting, head), request, completions in zip(resample, requests, outputs):
+            record = _round_record(job, problem, round_, setting, head, completions[0])
+            out.append((problem, {**record, "prompt": request[1]}))
+    clock.add("generation", time.perf_counter() - start)
+    return out
+
+
+def _round_record(
+    job: BenchmarkRun,
+    problem: Problem,
+    round_: int,
+    setting: str,
+    head: dict,
+    completion: Completion,
+) -> dict[str, Any]:
+    root = head.get("root", head["id"])
+    return {
+        "id": f"{root}/{setting}/r{round_}",
+        "kind": "refinement" if setting != RESAMPLE else "resample",
+        "root": root,
+        "parent": head["id"],
+        "task_id": problem.task_id,
+        "benchmark": problem.benchmark,
+        "model": job.label,
+        "mode": setting,
+        "round": round_,
+        **_record(problem, completion, setting),
+    }
+
+
+def evaluate_benchmark(
+    job: BenchmarkRun, sandbox: Sandbox, clock: Clock, progress: bool = True
+) -> dict[str, Any]:
+    """All rounds of one (model, benchmark), generation and execution overlapped.
+
+    Tasks are generated ``tasks_per_call`` at a time, in chunks cut from the whole task list
+    (so a resumed run asks for what an uninterrupted one would have), and committed one task
+    at a time by the execution thread.
+    """
+    from tqdm.auto import tqdm
+
+    job.folder.mkdir(parents=True, exist_ok=True)
+    logs = [ResumableLog(_round_log_path(job.folder, r)) for r in range(job.rounds + 1)]
+    resumed = {f"round{r}": len(log.done) for r, log in enumerate(logs)}
+    by_round: list[dict[str, list[dict]]] = []
+    for log in logs:
+        grouped: dict[str, list[dict]] = defaultdict(list)
+        for record in log.records:
+            grouped[record["task_id"]].append(record)
+        by_round.append(grouped)
+    pipeline = ExecutionPipeline(sandbox, clock)
+
+    def committed(round_: int, task_id: str) -> list[dict]:
+        result = pipeline.result((round_, task_id))  # waits for the execution thread
+        if result is not None:
+            by_round[round_][task_id] = result
+        return by_round[round_].get(task_id, [])
+
+    size = max(1, job.tasks_per_call)
+    chunks = [job.problems[i : i + size] for i in range(0, len(job.problems), size)]
+    try:
+        for round_ in range(job.rounds + 1):
+            log = logs[round_]
+            what = "samples" if round_ == 0 else f"round {round_}"
+            bar = tqdm(
+                total=len(job.problems),
+                desc=f"{job.label} · {job.benchmark} · {what}",
+                unit="task",
+                disable=not progress,
+            )
+            bar.update(sum(p.task_id in log.done for p in job.problems))
+            for chunk in chunks:
+                todo = [p for p in chunk if p.task_id not in log.done]
+                if not todo:
+                    continue
+                key = chunk[0].key
+                if round_ == 0:
+                    made = _generate_initial(job, todo, key, clock)
+                else:
+                    chains = [
+                        (problem, setting, head)
+                        for problem in todo
+                        for setting, head in _heads(
+                            job,
+                            round_,
+                            committed(0, problem.task_id),
+                            committed(round_ - 1, problem.task_id) if round_ > 1 else None,
+                        )
+                    ]
+                    made = {p.task_id: [] for p in todo}
+                    for problem, record in _generate_round(job, round_, chains, key, clock):
+                        made[problem.task_id].append(record)
+                for problem in todo:
+                    pipeline.submit((round_, problem.task_id), log, problem, made[problem.task_id])
+                bar.update(len(todo))
+            bar.close()
+    finally:
+        pipeline.close()
+        for log in logs:
+            log.close()
+    export_evalplus(job.folder, job.problems, job.rounds, job.settings)
+    return {"resumed_tasks": resumed}
+
+
+# ---------------------------------------------------------------------------- exports
+
+
+def load_rounds(folder: Path, rounds: int) -> tuple[list[dict], list[list[dict]]]:
+    """(samples, [round 1 records, round 2 records, ...]) as committed."""
+    initial = read_committed(_round_log_path(folder, 0))
+    later = [read_committed(_round_log_path(folder, r)) for r in range(1, rounds + 1)]
+    return initial, later
+
+
+def chain_state(
+    initial: list[dict], later: list[list[dict]], setting: str, round_: int
+) -> dict[str, dict]:
+    """Per sample id: the record that stands for its chain after ``round_`` rounds of
+    ``setting`` (the sample itself when it passed or was never refined)."""
+    state = {s["id"]: s for s in initial}
+    for records in later[:round_]:
+        for record in records:
+            if record["mode"] == setting:
+                state[record["root"]] = record
+    return state
+
+
+def export_evalplus(
+    folder: Path, problems: Sequence[Problem], rounds: int, setting_names: Sequence[str]
+) -> None:
+    """Samples files a third-party evaluator can judge (task_id + solution)."""
+    initial, later = load_rounds(folder, rounds)
+    order = {p.task_id: i for i, p in enumerate(problems)}
+    initial = sorted(initial, key=lambda s: (order.get(s["task_id"], 1 << 30), s["index"]))
+    write_jsonl(
+        folder / "samples.jsonl",
+        ({"task_id": s["task_id"], "solution": s["solution"]} for s in initial),
+    )
+    for setting in setting_names:
+        for round_ in range(1, rounds + 1):
+            state = chain_state(initial, later, setting, round_)
+            write_jsonl(
+                folder / f"samples_{setting}_r{round_}.jsonl",
+                (
+                    {"task_id": s["task_id"], "solution": state[s["id"]]["solution"]}
+                    for s in initial
+                ),
+            )
+
+
+# ---------------------------------------------------------------------------- stage
+
+
+def run_eval(params: RunParams, run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Evaluate every model of ``eval.models`` on every benchmark, then summarise."""
+    from .default_model import DISCLAIMER
+    from .eval_report import summarise
+    from .models import model_label, stage_generator
+    from .pipeline import few_shot_problems, record_sandbox, sandbox_for
+
+    run_dir = Path(run_dir)
+    cfg = params.eval
+    problem_sets = {b: eval_problems(params, b) for b in cfg.benchmarks}
+    few_shot = few_shot_problems(params)
+    timings: dict[str, dict[str, Any]] = {}
+    total = Clock()
+    start = time.perf_counter()
+    with sandbox_for(params) as sandbox:
+        record_sandbox(run_dir, sandbox)
+        for entry in cfg.models:
+            label = model_label(entry)
+            todo = [
+                b
+                for b, problems in problem_sets.items()
+                if not is_complete(benchmark_dir(run_dir, label, b), problems, cfg.rounds)
+            ]
+            if not todo:
+                timings[label] = {"skipped": "all tasks already evaluated"}
+                continue
+            model = stage_generator(entry, params, run_dir, sandbox, progress=False)
+            timings[label] = {}
+            for benchmark in cfg.benchmarks:
+                folder = benchmark_dir(run_dir, label, benchmark)
+                job = BenchmarkRun(
+                    model=model,
+                    label=label,
+                    problems=problem_sets[benchmark],
+                    folder=folder,
+                    few_shot=few_shot,
+                    n=cfg.samples_per_task,
+                    temperature=cfg.temperature,
+                    max_new_tokens=cfg.max_new_tokens,
+                    rounds=cfg.rounds,
+                    settings=settings(params),
+                    seed=params.seed,
+                    tasks_per_call=cfg.tasks_per_call,
+                )
+                clock = Clock()
+                began = time.perf_counter()
+                info = evaluate_benchmark(job, sandbox, clock, progress)
+                clock.wall = time.perf_counter() - began
+                timings[label][benchmark] = {**clock.as_dict(), **info}
+                for part in ("generation", "execution", "wall"):
+                    total.add(part, getattr(clock, part))
+                total.units += clock.units
+            del model
+            gc.collect()
+    seconds = time.perf_counter() - start
+    summary = summarise(params, run_dir)
+    summary["pipeline"] = {"total": total.as_dict(), "per_model": timings}
+    summary["seconds"] = round(seconds, 1)
+    if params.model.kind == "tiny":
+        summary["note"] = DISCLAIMER
+    from .eval_report import write_summary
+
+    write_summary(run_dir, summary)
+    return summary
+
+
+__all__ = [
+    "NamedModel",
+    "run_eval",
+    "evaluate_benchmark",
+    "BenchmarkRun",
+    "Clock",
+    "eval_problems",
+    "load_rounds",
+    "chain_state",
+]
