@@ -3,7 +3,9 @@
 EvalPlus releases carry test *inputs* only: the expected outputs come from running each
 canonical solution. That is done once, in the sandbox, and cached (keyed by the data file's
 sha256) under ``$SDLIB_CACHE_DIR`` (default ``~/.cache/sdlib``), so later loads are fast and
-never import evalplus or numpy.
+never import evalplus or numpy. Loading only some task ids (``load(..., task_ids=...)``)
+computes and caches only those tasks, so a small run on a fresh machine does not wait minutes
+for the whole benchmark.
 """
 
 from __future__ import annotations
@@ -72,6 +74,13 @@ def load(
         raise ValueError(f"unknown benchmark {benchmark!r}; choose one of {', '.join(BENCHMARKS)}")
     path = data_path(benchmark, directory)
     stat = path.stat()
+    if task_ids is not None and benchmark in ("humaneval+", "mbpp+"):
+        if not _expected_target(benchmark, path).is_file():  # no full cache: just these tasks
+            wanted = frozenset(str(t) for t in task_ids)
+            problems = list(
+                _load_subset(benchmark, str(path), stat.st_size, stat.st_mtime_ns, wanted)
+            )
+            return [p for p in problems if split is None or p.split == split]
     problems = list(_load_file(benchmark, str(path), stat.st_size, stat.st_mtime_ns))
     if split is not None:
         problems = [p for p in problems if p.split == split]
@@ -89,6 +98,20 @@ def _load_file(benchmark: str, path: str, size: int, mtime_ns: int) -> tuple[Pro
     if benchmark == "mbpp":
         return tuple(_mbpp(row) for row in _read_jsonl(Path(path)))
     return tuple(_evalplus(benchmark, Path(path)))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_subset(
+    benchmark: str, path: str, size: int, mtime_ns: int, wanted: frozenset[str]
+) -> tuple[Problem, ...]:
+    return tuple(_evalplus(benchmark, Path(path), wanted))
+
+
+def task_ids(benchmark: str, directory: str | os.PathLike[str] | None = None) -> list[str]:
+    """The task ids of a benchmark file, without computing EvalPlus expected outputs."""
+    if benchmark not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {benchmark!r}; choose one of {', '.join(BENCHMARKS)}")
+    return [str(row["task_id"]) for row in _read_jsonl(data_path(benchmark, directory))]
 
 
 def load_by_id(
@@ -231,9 +254,11 @@ def _oracle(benchmark: str, entry_point: str) -> str:
     return ""
 
 
-def _evalplus(benchmark: str, path: Path) -> list[Problem]:
+def _evalplus(benchmark: str, path: Path, wanted: frozenset[str] | None = None) -> list[Problem]:
     rows = _read_jsonl(path)
-    cache = _expected_cache(benchmark, path, rows)
+    if wanted is not None:
+        rows = [r for r in rows if r["task_id"] in wanted]
+    cache = _expected_cache(benchmark, path, rows, whole_file=wanted is None)
     problems = []
     for row in rows:
         entry = cache[row["task_id"]]
@@ -291,21 +316,48 @@ def _raw_inputs(benchmark: str, row: dict) -> list:
     return list(base) + list(plus)
 
 
-def _expected_cache(benchmark: str, path: Path, rows: list[dict]) -> dict:
-    digest = sha256_of(path)[:16]
-    target = (
-        cache_dir()
-        / f"expected-{benchmark.replace('+', 'plus')}-{digest}-v{EXPECTED_CACHE_VERSION}.json.gz"
-    )
+@functools.lru_cache(maxsize=16)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_of(path)[:16]
+
+
+def _expected_target(benchmark: str, path: Path) -> Path:
+    stat = path.stat()
+    digest = _digest(str(path), stat.st_size, stat.st_mtime_ns)
+    name = f"expected-{benchmark.replace('+', 'plus')}-{digest}-v{EXPECTED_CACHE_VERSION}"
+    return cache_dir() / f"{name}.json.gz"
+
+
+def _write_gz_json(target: Path, data: dict) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+    with gzip.open(tmp, "wt", encoding="utf-8") as handle:
+        json.dump(data, handle)
+    os.replace(tmp, target)
+
+
+def _expected_cache(benchmark: str, path: Path, rows: list[dict], whole_file: bool = True) -> dict:
+    """Expected outputs of ``rows``: from the whole-file cache, else from per-task caches
+    (filled by partial loads), computing only the tasks missing from both."""
+    target = _expected_target(benchmark, path)
     if target.is_file():
         with gzip.open(target, "rt", encoding="utf-8") as handle:
             return json.load(handle)
-    cache = compute_expected(benchmark, rows)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".tmp{os.getpid()}")
-    with gzip.open(tmp, "wt", encoding="utf-8") as handle:
-        json.dump(cache, handle)
-    os.replace(tmp, target)
+    per_task = target.with_name(target.name.replace(".json.gz", ".tasks"))
+    cache: dict = {}
+    for row in rows:
+        file = per_task / (row["task_id"].replace("/", "_") + ".json.gz")
+        if file.is_file():
+            with gzip.open(file, "rt", encoding="utf-8") as handle:
+                cache[row["task_id"]] = json.load(handle)
+    missing = [row for row in rows if row["task_id"] not in cache]
+    if missing:
+        computed = compute_expected(benchmark, missing)
+        for task_id, entry in computed.items():
+            _write_gz_json(per_task / (task_id.replace("/", "_") + ".json.gz"), entry)
+        cache.update(computed)
+    if whole_file:
+        _write_gz_json(target, cache)
     return cache
 
 

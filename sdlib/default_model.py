@@ -38,8 +38,7 @@ def training_problems(params: RunParams) -> list[Problem]:
     problems = benchmarks.load("mbpp", split="train", directory=params.data_directory())
     if params.collect.exclude_eval_overlap:
         plus_ids = {
-            p.task_id.split("/")[-1]
-            for p in benchmarks.load("mbpp+", directory=params.data_directory())
+            t.split("/")[-1] for t in benchmarks.task_ids("mbpp+", params.data_directory())
         }
         problems = [p for p in problems if p.task_id not in plus_ids]
     if params.collect.n_problems is not None:

@@ -74,9 +74,15 @@ def eval_problems(params: RunParams, benchmark: str) -> list[Problem]:
     """The benchmark's evaluation tasks (MBPP: the test split, task ids 11-510), the first
     ``eval.n_problems`` of them when set."""
     split = "test" if benchmark == "mbpp" else None
-    problems = benchmarks.load(benchmark, split=split, directory=params.data_directory())
+    directory = params.data_directory()
     n = params.eval.n_problems
-    return list(problems if n is None else problems[:n])
+    if n is None:
+        return benchmarks.load(benchmark, split=split, directory=directory)
+    if benchmark == "mbpp":
+        return benchmarks.load(benchmark, split=split, directory=directory)[:n]
+    # EvalPlus: only these tasks' expected outputs are computed on a fresh machine
+    ids = benchmarks.task_ids(benchmark, directory)[:n]
+    return benchmarks.load(benchmark, directory=directory, task_ids=ids)
 
 
 def settings(params: RunParams) -> list[str]:

@@ -294,6 +294,18 @@ def run(
         )
 
 
+def _results_of(run_dir: Path) -> list[tuple[str, Path]]:
+    """Where a run's headline results are, for the last lines of its output."""
+    candidates = [
+        ("eval summary table", run_dir / "eval" / "table.md"),
+        ("eval summary json", run_dir / "eval" / "summary.json"),
+        ("eval plots", run_dir / "eval" / "pass_by_round.png"),
+        ("eval plots", run_dir / "eval" / "refinement_rate.png"),
+        ("human study", run_dir / "human_study"),
+    ]
+    return [(label, path) for label, path in candidates if path.exists()]
+
+
 def _execute(
     params: RunParams,
     params_file: Path,
@@ -428,6 +440,8 @@ def _execute(
     print(f"run folder:         {run_dir}", flush=True)
     print(f"manifest:           {result.manifest}", flush=True)
     print(f"executed notebooks: {executed_dir}", flush=True)
+    for label, path in _results_of(run_dir):
+        print(f"{label + ':':<20}{path}", flush=True)
     if failed:
         print(f"run stopped: {result.failed.stage} failed", flush=True)
     return result

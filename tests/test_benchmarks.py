@@ -162,3 +162,23 @@ def test_download_when_missing_checks_sha256(tmp_path, monkeypatch, file_server,
         datafiles.ensure_file("mbpp.jsonl", other)
     assert not (other / "mbpp.jsonl").exists()
     assert not [p for p in Path(other).iterdir()]
+
+
+def test_loading_some_evalplus_tasks_computes_only_those(tmp_path, monkeypatch, data_dir):
+    """A small run on a fresh machine computes the expected outputs of its tasks alone, and
+    they equal those of the whole-file cache."""
+    full = benchmarks.load_by_id("mbpp+", directory=data_dir)  # the whole-file cache
+    monkeypatch.setenv("SDLIB_CACHE_DIR", str(tmp_path))
+    ids = benchmarks.task_ids("mbpp+", data_dir)[:2]
+    some = benchmarks.load("mbpp+", directory=data_dir, task_ids=ids)
+    assert [p.task_id for p in some] == ids
+    for problem in some:
+        for mine, whole in zip(problem.tests, full[problem.task_id].tests, strict=True):
+            assert (mine.inputs, mine.oracle) == (whole.inputs, whole.oracle)
+            if mine.oracle == "set_eq":  # a set's order follows the process's hash seed
+                assert set(mine.expected) == set(whole.expected)
+            else:
+                assert mine.expected == whole.expected
+    cached = sorted(f.name for f in tmp_path.glob("*.tasks/*"))
+    assert cached == sorted(t.replace("/", "_") + ".json.gz" for t in ids)
+    assert not list(tmp_path.glob("*.json.gz"))  # no whole-file cache from a partial load
