@@ -37,9 +37,7 @@ def training_problems(params: RunParams) -> list[Problem]:
     """The collection problems: MBPP train (601-974), minus those MBPP+ evaluates on."""
     problems = benchmarks.load("mbpp", split="train", directory=params.data_directory())
     if params.collect.exclude_eval_overlap:
-        plus_ids = {
-            t.split("/")[-1] for t in benchmarks.task_ids("mbpp+", params.data_directory())
-        }
+        plus_ids = {t.split("/")[-1] for t in benchmarks.task_ids("mbpp+", params.data_directory())}
         problems = [p for p in problems if p.task_id not in plus_ids]
     if params.collect.n_problems is not None:
         problems = problems[: params.collect.n_problems]

@@ -127,34 +127,45 @@ def _failed(record: dict[str, Any] | None) -> bool:
 
 @dataclass
 class Clock:
-    """Seconds spent generating (main thread) and executing (worker thread), and in all."""
+    """When the model generated (main thread) and the sandbox executed (worker thread): the
+    intervals show how much execution ran hidden behind generation."""
 
-    generation: float = 0.0
-    execution: float = 0.0
+    generation: list[tuple[float, float]] = field(default_factory=list)
+    execution: list[tuple[float, float]] = field(default_factory=list)
     wall: float = 0.0
-    units: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, what: str, seconds: float) -> None:
+    def add(self, what: str, start: float, end: float) -> None:
         with self.lock:
-            setattr(self, what, getattr(self, what) + seconds)
+            getattr(self, what).append((start, end))
+
+    def merge(self, other: Clock) -> None:
+        with self.lock:
+            self.generation += other.generation
+            self.execution += other.execution
+            self.wall += other.wall
+
+    @staticmethod
+    def _total(spans: list[tuple[float, float]]) -> float:
+        return sum(b - a for a, b in spans)
+
+    def overlapped(self) -> float:
+        """Seconds of execution that ran while the model was generating."""
+        return sum(
+            max(0.0, min(b, d) - max(a, c)) for a, b in self.execution for c, d in self.generation
+        )
 
     def as_dict(self) -> dict[str, float]:
-        busy = max(self.generation, self.execution)
+        generation, execution = self._total(self.generation), self._total(self.execution)
+        hidden = self.overlapped()
         return {
-            "generation_s": round(self.generation, 2),
-            "execution_s": round(self.execution, 2),
+            "generation_s": round(generation, 2),
+            "execution_s": round(execution, 2),
+            "execution_hidden_s": round(hidden, 2),  # ran while the model generated
+            "execution_hidden_share": round(hidden / execution, 3) if execution else 0.0,
             "wall_s": round(self.wall, 2),
-            "sum_s": round(self.generation + self.execution, 2),
-            # 1.0: wall time equals the larger part (perfect overlap); 0.0: equals their sum
-            "overlap": round(
-                (self.generation + self.execution - self.wall)
-                / max(min(self.generation, self.execution), 1e-9),
-                3,
-            )
-            if busy
-            else 0.0,
-            "units": self.units,
+            "sum_s": round(generation + execution, 2),
+            "units": len(self.execution),
         }
 
 
@@ -165,10 +176,10 @@ class ExecutionPipeline:
         self.sandbox = sandbox
         self.clock = clock
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdlib-exec")
-        self.futures: dict[tuple[int, str], Future] = {}
+        self.futures: dict[tuple[str, int, str], Future] = {}
 
     def submit(
-        self, key: tuple[int, str], log: ResumableLog, problem: Problem, records: list[dict]
+        self, key: tuple[str, int, str], log: ResumableLog, problem: Problem, records: list[dict]
     ) -> None:
         self.futures[key] = self.pool.submit(self._execute, log, problem, records)
 
@@ -178,11 +189,10 @@ class ExecutionPipeline:
         verdicts = dict(zip(unique, self.sandbox.run_many([(problem, s) for s in unique])))
         done = [_with_verdict(r, problem, verdicts[r["solution"]]) for r in records]
         log.commit(problem.task_id, done)
-        self.clock.add("execution", time.perf_counter() - start)
-        self.clock.add("units", 1)
+        self.clock.add("execution", start, time.perf_counter())
         return done
 
-    def result(self, key: tuple[int, str]) -> list[dict] | None:
+    def result(self, key: tuple[str, int, str]) -> list[dict] | None:
         future = self.futures.get(key)
         return None if future is None else future.result()
 
@@ -252,7 +262,7 @@ def _generate_initial(
     params = _sampling(job, job.n, initial_stop(job.model), seed_key, 0)
     start = time.perf_counter()
     outputs = complete(job.model, requests, params)
-    clock.add("generation", time.perf_counter() - start)
+    clock.add("generation", start, time.perf_counter())
     return {
         problem.task_id: [
             {
@@ -320,7 +330,7 @@ def _generate_round(
         for (problem, setting, head), request, completions in zip(resample, requests, outputs):
             record = _round_record(job, problem, round_, setting, head, completions[0])
             out.append((problem, {**record, "prompt": request[1]}))
-    clock.add("generation", time.perf_counter() - start)
+    clock.add("generation", start, time.perf_counter())
     return out
 
 
@@ -347,78 +357,102 @@ def _round_record(
     }
 
 
-def evaluate_benchmark(
-    job: BenchmarkRun, sandbox: Sandbox, clock: Clock, progress: bool = True
-) -> dict[str, Any]:
-    """All rounds of one (model, benchmark), generation and execution overlapped.
+class _Logs:
+    """One benchmark's round logs, with the committed records of each task at hand."""
 
-    Tasks are generated ``tasks_per_call`` at a time, in chunks cut from the whole task list
-    (so a resumed run asks for what an uninterrupted one would have), and committed one task
-    at a time by the execution thread.
+    def __init__(self, job: BenchmarkRun):
+        job.folder.mkdir(parents=True, exist_ok=True)
+        self.logs = [ResumableLog(_round_log_path(job.folder, r)) for r in range(job.rounds + 1)]
+        self.resumed = {f"round{r}": len(log.done) for r, log in enumerate(self.logs)}
+        self.records: list[dict[str, list[dict]]] = []
+        for log in self.logs:
+            grouped: dict[str, list[dict]] = defaultdict(list)
+            for record in log.records:
+                grouped[record["task_id"]].append(record)
+            self.records.append(grouped)
+
+    def close(self) -> None:
+        for log in self.logs:
+            log.close()
+
+
+def evaluate_model(
+    jobs: list[BenchmarkRun], sandbox: Sandbox, clock: Clock, progress: bool = True
+) -> dict[str, Any]:
+    """All rounds of one model on its benchmarks, generation and execution overlapped.
+
+    Work goes round by round; within a round, benchmark by benchmark, ``tasks_per_call`` tasks
+    per generation call, in chunks cut from the whole task list (so a resumed run asks for
+    what an uninterrupted one would have). The execution thread runs and commits one task at
+    a time while the next chunk is generated; round r+1 of a task waits only for that task's
+    round r.
     """
     from tqdm.auto import tqdm
 
-    job.folder.mkdir(parents=True, exist_ok=True)
-    logs = [ResumableLog(_round_log_path(job.folder, r)) for r in range(job.rounds + 1)]
-    resumed = {f"round{r}": len(log.done) for r, log in enumerate(logs)}
-    by_round: list[dict[str, list[dict]]] = []
-    for log in logs:
-        grouped: dict[str, list[dict]] = defaultdict(list)
-        for record in log.records:
-            grouped[record["task_id"]].append(record)
-        by_round.append(grouped)
+    state = {id(job): _Logs(job) for job in jobs}
     pipeline = ExecutionPipeline(sandbox, clock)
 
-    def committed(round_: int, task_id: str) -> list[dict]:
-        result = pipeline.result((round_, task_id))  # waits for the execution thread
+    def committed(job: BenchmarkRun, round_: int, task_id: str) -> list[dict]:
+        result = pipeline.result((job.benchmark, round_, task_id))  # waits for the worker
+        records = state[id(job)].records[round_]
         if result is not None:
-            by_round[round_][task_id] = result
-        return by_round[round_].get(task_id, [])
+            records[task_id] = result
+        return records.get(task_id, [])
 
-    size = max(1, job.tasks_per_call)
-    chunks = [job.problems[i : i + size] for i in range(0, len(job.problems), size)]
+    rounds = max((job.rounds for job in jobs), default=0)
     try:
-        for round_ in range(job.rounds + 1):
-            log = logs[round_]
+        for round_ in range(rounds + 1):
             what = "samples" if round_ == 0 else f"round {round_}"
-            bar = tqdm(
-                total=len(job.problems),
-                desc=f"{job.label} · {job.benchmark} · {what}",
-                unit="task",
-                disable=not progress,
-            )
-            bar.update(sum(p.task_id in log.done for p in job.problems))
-            for chunk in chunks:
-                todo = [p for p in chunk if p.task_id not in log.done]
-                if not todo:
+            for job in jobs:
+                if round_ > job.rounds:
                     continue
-                key = chunk[0].key
-                if round_ == 0:
-                    made = _generate_initial(job, todo, key, clock)
-                else:
-                    chains = [
-                        (problem, setting, head)
-                        for problem in todo
-                        for setting, head in _heads(
-                            job,
-                            round_,
-                            committed(0, problem.task_id),
-                            committed(round_ - 1, problem.task_id) if round_ > 1 else None,
+                log = state[id(job)].logs[round_]
+                bar = tqdm(
+                    total=len(job.problems),
+                    desc=f"{job.label} · {job.benchmark} · {what}",
+                    unit="task",
+                    disable=not progress,
+                )
+                bar.update(sum(p.task_id in log.done for p in job.problems))
+                size = max(1, job.tasks_per_call)
+                for i in range(0, len(job.problems), size):
+                    chunk = job.problems[i : i + size]
+                    todo = [p for p in chunk if p.task_id not in log.done]
+                    if not todo:
+                        continue
+                    key = chunk[0].key
+                    if round_ == 0:
+                        made = _generate_initial(job, todo, key, clock)
+                    else:
+                        chains = [
+                            (problem, setting, head)
+                            for problem in todo
+                            for setting, head in _heads(
+                                job,
+                                round_,
+                                committed(job, 0, problem.task_id),
+                                committed(job, round_ - 1, problem.task_id) if round_ > 1 else None,
+                            )
+                        ]
+                        made = {p.task_id: [] for p in todo}
+                        for problem, record in _generate_round(job, round_, chains, key, clock):
+                            made[problem.task_id].append(record)
+                    for problem in todo:
+                        pipeline.submit(
+                            (job.benchmark, round_, problem.task_id),
+                            log,
+                            problem,
+                            made[problem.task_id],
                         )
-                    ]
-                    made = {p.task_id: [] for p in todo}
-                    for problem, record in _generate_round(job, round_, chains, key, clock):
-                        made[problem.task_id].append(record)
-                for problem in todo:
-                    pipeline.submit((round_, problem.task_id), log, problem, made[problem.task_id])
-                bar.update(len(todo))
-            bar.close()
+                    bar.update(len(todo))
+                bar.close()
     finally:
         pipeline.close()
-        for log in logs:
-            log.close()
-    export_evalplus(job.folder, job.problems, job.rounds, job.settings)
-    return {"resumed_tasks": resumed}
+        for logs in state.values():
+            logs.close()
+    for job in jobs:
+        export_evalplus(job.folder, job.problems, job.rounds, job.settings)
+    return {job.benchmark: {"resumed_tasks": state[id(job)].resumed} for job in jobs}
 
 
 # ---------------------------------------------------------------------------- exports
@@ -497,14 +531,12 @@ def run_eval(params: RunParams, run_dir: str | Path, progress: bool = True) -> d
                 timings[label] = {"skipped": "all tasks already evaluated"}
                 continue
             model = stage_generator(entry, params, run_dir, sandbox, progress=False)
-            timings[label] = {}
-            for benchmark in cfg.benchmarks:
-                folder = benchmark_dir(run_dir, label, benchmark)
-                job = BenchmarkRun(
+            jobs = [
+                BenchmarkRun(
                     model=model,
                     label=label,
                     problems=problem_sets[benchmark],
-                    folder=folder,
+                    folder=benchmark_dir(run_dir, label, benchmark),
                     few_shot=few_shot,
                     n=cfg.samples_per_task,
                     temperature=cfg.temperature,
@@ -514,14 +546,14 @@ def run_eval(params: RunParams, run_dir: str | Path, progress: bool = True) -> d
                     seed=params.seed,
                     tasks_per_call=cfg.tasks_per_call,
                 )
-                clock = Clock()
-                began = time.perf_counter()
-                info = evaluate_benchmark(job, sandbox, clock, progress)
-                clock.wall = time.perf_counter() - began
-                timings[label][benchmark] = {**clock.as_dict(), **info}
-                for part in ("generation", "execution", "wall"):
-                    total.add(part, getattr(clock, part))
-                total.units += clock.units
+                for benchmark in todo
+            ]
+            clock = Clock()
+            began = time.perf_counter()
+            resumed = evaluate_model(jobs, sandbox, clock, progress)
+            clock.wall = time.perf_counter() - began
+            timings[label] = {**clock.as_dict(), "benchmarks": resumed}
+            total.merge(clock)
             del model
             gc.collect()
     seconds = time.perf_counter() - start
@@ -539,7 +571,7 @@ def run_eval(params: RunParams, run_dir: str | Path, progress: bool = True) -> d
 __all__ = [
     "NamedModel",
     "run_eval",
-    "evaluate_benchmark",
+    "evaluate_model",
     "BenchmarkRun",
     "Clock",
     "eval_problems",

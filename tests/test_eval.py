@@ -247,6 +247,10 @@ def test_summary_table_and_plots_are_written(killed_and_resumed):
     params, run_dir, _ = killed_and_resumed
     from sdlib.eval_report import summarise, write_summary
 
+    # the resumed run's own summary: execution ran on the worker thread while the model
+    # generated the next task
+    timing = json.loads((run_dir / "eval" / "summary.json").read_text())["pipeline"]["total"]
+    assert timing["units"] > 0 and timing["execution_hidden_s"] > 0
     summary = summarise(params, run_dir)
     paths = write_summary(run_dir, summary)
     data = json.loads(paths["summary"].read_text())
@@ -255,6 +259,7 @@ def test_summary_table_and_plots_are_written(killed_and_resumed):
     assert result["samples"] == 9 and len(result["by_round"]["expl_refine"]) == 3
     assert result["calls"]["refine"] == result["calls"]["resample"]  # equal budget
     assert "| base | Expl.+Refine |" in paths["table"].read_text()
+
     assert paths["pass_by_round"].stat().st_size > 10_000
 
 
