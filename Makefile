@@ -9,7 +9,7 @@ SDLIB_DATA_DIR ?= $(if $(wildcard ../shared/data/mbpp.jsonl),$(abspath ../shared
 export SDLIB_DATA_DIR
 PARAMS ?= params/smoke.yaml
 
-.PHONY: demo test lint format bench clean-venv
+.PHONY: demo test lint format bench rate clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,6 +33,10 @@ lint: $(VENV)/.installed
 format: $(VENV)/.installed
 	$(VENV)/bin/ruff format sdlib tests benchmarks
 	$(VENV)/bin/ruff check --fix sdlib tests benchmarks
+
+# Serve the raters' page: open http://localhost:8866/?run=smoke&rater=rater1
+rate: $(VENV)/.installed
+	$(VENV)/bin/voila notebooks/rate.ipynb --no-browser --port=8866
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/sandbox_speed.py

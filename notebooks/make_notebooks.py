@@ -170,4 +170,160 @@ write_notebook(
     ],
 )
 
+write_notebook(
+    HERE / "05_eval.ipynb",
+    "eval",
+    "# 05 · Evaluate: pass@k with self-refinement\n\n"
+    "Method §5: each model (`eval.models`: the base model, the SFT and RL outputs of this run, "
+    "the teacher, or any Hugging Face model or OpenAI-compatible endpoint) draws "
+    "`eval.samples_per_task` samples per task at `eval.temperature` on MBPP (test split), "
+    "HumanEval, MBPP+ and HumanEval+. Every failing sample then gets one more model call per "
+    "round in each setting: **Refine**, **Expl.+Refine** (iterative, up to `eval.rounds` "
+    "rounds), and **Resample**, a fresh sample: the baseline with the same number of model "
+    "calls. pass@k uses the unbiased estimator with each failed sample replaced by its "
+    "refinement. Generation and execution overlap; a killed eval resumes where it stopped.",
+    [
+        (
+            "code",
+            "from sdlib import refinement_eval, eval_report, plots\n"
+            "summary = refinement_eval.run_eval(params, run_dir)\n"
+            "summary['pipeline']['total']",
+        ),
+        (
+            "md",
+            "With the embedded default model the numbers below say nothing about the method: "
+            "the tiny model is trained on 24 training problems and solves no evaluation task.",
+        ),
+        ("md", "## pass@1 / pass@10 in the shape of the paper's Table 2"),
+        (
+            "code",
+            "from IPython.display import Markdown, Image\n"
+            "Markdown(eval_report.table2_markdown(summary))",
+        ),
+        ("md", "## Success refinement rate (share of wrong samples fixed in round 1)"),
+        ("code", "Markdown(eval_report.refinement_rate_markdown(summary))"),
+        ("md", "## pass@1 by round: refinement against resampling with the same calls"),
+        ("code", "Image(filename=str(run_dir / 'eval' / 'pass_by_round.png'))"),
+        ("code", "Image(filename=str(run_dir / 'eval' / 'refinement_rate.png'))"),
+        (
+            "md",
+            "## Where the time went\n\nPer model: seconds of generation (main thread) and of "
+            "execution (the sandbox's worker thread), and how much of the execution ran while "
+            "the model was generating (`execution_hidden_s`): the pipeline's gain over running "
+            "them one after the other.",
+        ),
+        (
+            "code",
+            "import pandas as pd\n"
+            "pd.DataFrame({m: {k: v for k, v in t.items() if k != 'benchmarks'}\n"
+            "              for m, t in summary['pipeline']['per_model'].items()}).T",
+        ),
+        ("md", "## One refinement chain"),
+        (
+            "code",
+            "first = summary['models'][0]\n"
+            "initial, later = refinement_eval.load_rounds(run_dir / 'eval' / first / params.eval.benchmarks[0], params.eval.rounds)\n"
+            "chain = [r for records in later for r in records if r['mode'] == 'expl_refine'][:1]\n"
+            "for r in chain:\n"
+            "    print(r['prompt'][-1200:])\n    print('---- response ----')\n    print(r['response'][:800])\n"
+            "    print('---- verdict:', r['verdict']['status'])",
+        ),
+        (
+            "code",
+            "print('summary:', run_dir / 'eval' / 'summary.json')\n"
+            "print('table:  ', run_dir / 'eval' / 'table.md')\n"
+            "print('plots:  ', run_dir / 'eval' / 'pass_by_round.png', run_dir / 'eval' / 'refinement_rate.png')",
+        ),
+    ],
+)
+
+write_notebook(
+    HERE / "06_human_study.ipynb",
+    "human_study",
+    "# 06 · Human study of explanations\n\n"
+    "Method §6: K problems with a wrong initial solution (from the eval outputs of one source "
+    "model); every study model explains that same wrong solution (Expl.+Refine prompt). Raters "
+    "score each explanation 1–5 for correctness and helpfulness without knowing which model "
+    "wrote it; every explanation gets two raters. Preparing is idempotent: a re-run reuses "
+    "what exists and never changes items or assignments once they are written. Run headlessly, "
+    "this notebook prepares the study and summarises whatever ratings exist.",
+    [
+        (
+            "code",
+            "from sdlib import human_study, rating_ui\n"
+            "summary = human_study.prepare_study(params, run_dir)\nsummary",
+        ),
+        (
+            "md",
+            "## Rate\n\nEach rater opens their own page — Voilà: `voila notebooks/rate.ipynb` then "
+            "`http://localhost:8866/?run=<run>&rater=<name>` — or sets `rater` below and runs "
+            "the cell here. Every rating is on disk (fsynced) the moment it is given; reopening "
+            "resumes where the rater stopped.",
+        ),
+        (
+            "code",
+            "rater = None  # e.g. 'rater1'\n"
+            "study = human_study.study_dir(run_dir)\n"
+            "rating_ui.RatingApp(study, rater).view if rater else print(f'raters: {summary[\"raters\"]}')",
+        ),
+        ("md", "## Results: mean score per model (95% bootstrap CI) and agreement"),
+        (
+            "code",
+            "import pandas as pd\n"
+            "rows = human_study.rating_table(study)\nres = human_study.results(study, rows)\n"
+            "print(f\"{res['ratings']} ratings\")\n"
+            "pd.DataFrame(res['per_model'])",
+        ),
+        (
+            "code",
+            "res['agreement']  # Krippendorff's alpha over all items; weighted kappa per rater pair",
+        ),
+        (
+            "code",
+            "if res['per_model']:\n"
+            "    fig = human_study.plot_results(res, save=study / 'scores.png')\n"
+            "else:\n    print('no ratings yet')",
+        ),
+        (
+            "md",
+            "## Optional: an LLM judge with the same rubric\n\nSet `human_study.judge` in the "
+            "params to a model spec (e.g. `kind: openai`, `base_url`, `model`); its scores are "
+            "stored as the rater `judge` and compared with the humans.",
+        ),
+        (
+            "code",
+            "if params.human_study.judge is not None:\n"
+            "    from sdlib import judge\n"
+            "    print(judge.run_judge(params, run_dir))\n"
+            "    print(judge.agreement_with_humans(study))\n"
+            "else:\n    print('no judge configured (human_study.judge)')",
+        ),
+    ],
+)
+
+write_notebook(
+    HERE / "07_explore_trajectories.ipynb",
+    "explore",
+    "# 07 · Explore trajectories\n\n"
+    "Every record of the run — collection (initial solutions, teacher refinements with the "
+    "filter stage's verdicts) and evaluation (initial samples and refinement rounds per model "
+    "and benchmark) — filtered by problem, status, instruction type, round and model. A "
+    "refinement shows the wrong code it started from and the refined code side by side, the "
+    "feedback the model was shown, its explanation, and the file and line it came from.",
+    [
+        (
+            "code",
+            "import pandas as pd\nfrom sdlib import explorer\n"
+            "rows = explorer.load_trajectories(run_dir)\n"
+            "frame = pd.DataFrame(rows)\n"
+            "pd.crosstab([frame['source'], frame['mode']], frame['status']) if rows else 'no records yet'",
+        ),
+        ("code", "explorer.TrajectoryExplorer(rows).view"),
+    ],
+)
+
+from sdlib.rating_ui import write_rate_notebook  # noqa: E402
+
+write_rate_notebook(HERE / "rate.ipynb")
+
 print("notebooks written")

@@ -40,5 +40,12 @@ def write_notebook(path: Path, stage: str, title: str, cells: list[tuple[str, st
             else nbformat.v4.new_code_cell(source)
         )
         nb.cells.append(cell)
+    stable_ids(nb, stage)
     path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, str(path))
+
+
+def stable_ids(nb, prefix: str) -> None:
+    """Cell ids derived from the position, so regenerating a notebook changes nothing in git."""
+    for index, cell in enumerate(nb.cells):
+        cell["id"] = f"{prefix}-{index:02d}"
