@@ -32,13 +32,16 @@ from sdlib.sandbox import Sandbox, SandboxConfig  # noqa: E402
 
 
 def _evalplus_problems(benchmark: str) -> tuple[dict, str]:
+    # EvalPlus may have been imported before the variables above were set (sdlib imports
+    # evalplus.data.mbpp to decode MBPP+ inputs): point its modules at the files as well.
+    import evalplus.data.humaneval as humaneval_data
+    import evalplus.data.mbpp as mbpp_data
+
+    humaneval_data.HUMANEVAL_OVERRIDE_PATH = os.environ["HUMANEVAL_OVERRIDE_PATH"]
+    mbpp_data.MBPP_OVERRIDE_PATH = os.environ["MBPP_OVERRIDE_PATH"]
     if benchmark == "humaneval+":
-        from evalplus.data import get_human_eval_plus
-
-        return get_human_eval_plus(), "humaneval"
-    from evalplus.data import get_mbpp_plus
-
-    return get_mbpp_plus(), "mbpp"
+        return humaneval_data.get_human_eval_plus(), "humaneval"
+    return mbpp_data.get_mbpp_plus(), "mbpp"
 
 
 def samples_for(benchmark: str, tasks: int | None) -> list[tuple[str, str, str]]:
