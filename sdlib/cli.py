@@ -41,7 +41,66 @@ def build_parser() -> argparse.ArgumentParser:
         "--notebooks-dir", default="notebooks", help="stage notebooks (default: notebooks)"
     )
     rn.add_argument("--kernel", default="python3", help="Jupyter kernel (default: python3)")
+
+    tr = sub.add_parser(
+        "train",
+        help="run the sft or rl stage directly, e.g. under accelerate launch (multi-GPU)",
+        description="Train one stage without papermill: `accelerate launch [--config_file "
+        "configs/accelerate/multi_gpu.yaml] -m sdlib.cli train sft PARAMS.yaml --run-dir DIR`. "
+        "Every process runs this; only the main one writes files and prints the summary.",
+    )
+    tr.add_argument("stage", choices=["sft", "rl"])
+    tr.add_argument("params", metavar="PARAMS.yaml", help="run parameters (see params/)")
+    tr.add_argument(
+        "--run-dir",
+        default=None,
+        help="the run folder holding filter/ (default: OUTPUT_DIR/RUN_NAME of the params)",
+    )
+    tr.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
+
+
+def train_main(args: argparse.Namespace) -> int:
+    """``sdlib train``: one training stage in this process (one of N under accelerate)."""
+    import json
+    from pathlib import Path
+
+    from .params import ParamsError, load
+
+    try:
+        params = load(args.params)
+    except ParamsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    run_dir = Path(args.run_dir) if args.run_dir else Path(params.output_dir) / params.run_name
+    if not (run_dir / "filter").is_dir():
+        print(
+            f"error: {run_dir / 'filter'} is missing: run the collect and filter stages first "
+            f"(sdlib run {args.params} --stages collect,filter)",
+            file=sys.stderr,
+        )
+        return 2
+    import torch
+    from accelerate import PartialState
+
+    # gloo between CPU processes when there is no GPU: the same code path as multi-GPU
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if args.stage == "sft":
+        from .sft import run_sft as train
+    else:
+        from .rl import run_rl as train
+    summary = train(params, run_dir, progress=not args.quiet)
+    sys.stderr.write(  # one write: the processes share the terminal
+        f"process {state.process_index}/{state.num_processes}: {args.stage} done, "
+        f"trainable_checksum={summary.get('trainable_checksum')!r}\n"
+    )
+    sys.stderr.flush()
+    if state.is_main_process:
+        shown = {k: v for k, v in summary.items() if k not in ("reward_config", "ppo_config")}
+        print(json.dumps({"stage": args.stage, "run_dir": str(run_dir), **shown}, indent=1))
+    state.wait_for_everyone()
+    state.destroy_process_group()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         return result.exit_code
+    if args.command == "train":
+        return train_main(args)
     return 2
 
 

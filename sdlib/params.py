@@ -115,6 +115,9 @@ class RLParams(Strict):
     temperature: float = 1.0
     ppo_epochs: int = 4  # passes over each batch of rollouts
     mini_batch_size: int = 16  # rollouts per optimizer step (per process under accelerate)
+    # True: the value head learns on detached hidden states, so the value loss cannot move the
+    # policy's weights; False: a shared trunk, as in trl's old PPO.
+    detach_value: bool = False
     # Before/after check (PPO): mean reward on a fixed, seeded subset of the RL prompts with
     # fixed sampling seeds, so the two numbers differ only by the policy. 0 = no check.
     eval_prompts: int = 0

@@ -418,9 +418,19 @@ class PolicyWithValueHead(nn.Module):
     the value of the state that predicts token ``t + 1``.
     """
 
-    def __init__(self, policy: nn.Module, value_head: ValueHead | None = None) -> None:
+    def __init__(
+        self,
+        policy: nn.Module,
+        value_head: ValueHead | None = None,
+        reference_adapter: str | None = None,
+        detach_value: bool = False,
+    ) -> None:
         super().__init__()
         self.policy = policy
+        self.reference_adapter = reference_adapter
+        # True: the value loss trains the value head only, not the policy's weights (a shared
+        # trunk lets the critic's regression outweigh the small policy gradient).
+        self.detach_value = detach_value
         self.value_head = value_head if value_head is not None else ValueHead(_hidden_size(policy))
         device = next(policy.parameters()).device
         self.value_head.to(device)
@@ -429,15 +439,30 @@ class PolicyWithValueHead(nn.Module):
         out = self.policy(
             input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True
         )
-        return out.logits, self.value_head(out.hidden_states[-1])
+        hidden = out.hidden_states[-1]
+        return out.logits, self.value_head(hidden.detach() if self.detach_value else hidden)
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[nn.Module]:
-        """The policy with its adapters switched off: the frozen reference of a peft model."""
+        """The frozen reference of a peft policy, without a second copy of the base model.
+
+        With ``reference_adapter`` (a frozen copy of the adapter the policy started from, e.g.
+        the SFT adapter), that adapter is switched on instead of the trained one, so that the
+        KL penalty pulls towards the SFT model and not back to the base model; otherwise the
+        adapters are switched off. Use under ``torch.no_grad()``.
+        """
         if not hasattr(self.policy, "disable_adapter"):
             raise ValueError("no ref_model given and the policy is not a peft model")
-        with self.policy.disable_adapter():
+        if self.reference_adapter is None:
+            with self.policy.disable_adapter():
+                yield self.policy
+            return
+        active = self.policy.active_adapter
+        self.policy.set_adapter(self.reference_adapter, inference_mode=True)
+        try:
             yield self.policy
+        finally:  # the trained adapter is active and trainable again
+            self.policy.set_adapter(active)
 
 
 def disable_dropout(model: nn.Module) -> None:
@@ -530,7 +555,9 @@ def score_responses(
     Logits are divided by ``temperature`` (that is the distribution that was sampled) and turned
     into float32 only at the response positions, to spare memory on big vocabularies.
     """
-    if isinstance(model, PolicyWithValueHead):
+    if isinstance(model, PolicyWithValueHead) or isinstance(
+        getattr(model, "module", None), PolicyWithValueHead
+    ):  # the module itself, or wrapped by DDP / DeepSpeed / FSDP (accelerate's prepare)
         logits, all_values = model(batch.input_ids, batch.attention_mask)
     else:
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
@@ -563,6 +590,7 @@ def ppo_step(
     config: PPOConfig,
     kl_ctl: FixedKLController | AdaptiveKLController | None = None,
     pad_token_id: int = 0,
+    accelerator: Any | None = None,
 ) -> dict[str, float]:
     """One PPO update on a batch of generated samples; returns floats to log.
 
@@ -573,10 +601,19 @@ def ppo_step(
 
     The KL controller is updated afterwards with the batch's mean per-sequence KL. Dropout
     should be off (``disable_dropout``), or the ratio is not 1 before the first update.
+
+    ``accelerator`` (an ``accelerate.Accelerator``, with ``model`` and ``optimizer`` from its
+    ``prepare``): each process passes its own shard of the batch (the same number of samples
+    on every process); gradients are averaged across processes by DDP, advantages are whitened
+    with the statistics of the whole batch, and the returned stats (and the KL controller's
+    input) are means over all processes, so every process logs the same numbers.
     """
     samples = [s if isinstance(s, PPOSample) else PPOSample(**s) for s in samples]
     kl_ctl = kl_ctl if kl_ctl is not None else kl_controller(config)
-    device = next(model.parameters()).device
+    distributed = accelerator is not None and accelerator.num_processes > 1
+    # ``model`` may be wrapped (DDP): the wrapper only for passes that backpropagate.
+    policy = accelerator.unwrap_model(model) if accelerator is not None else model
+    device = next(policy.parameters()).device
     batch = collate_samples(samples, pad_token_id, device)
     B, mask = len(samples), batch.response_mask
     micro = min(config.micro_batch_size, config.mini_batch_size)
@@ -589,10 +626,10 @@ def ppo_step(
         for idx in _chunks(B, micro):
             sub = batch.select(idx)
             T = sub.response_ids.shape[1]
-            scores = score_responses(model, sub, config.temperature)
+            scores = score_responses(policy, sub, config.temperature)
             old_logprobs[idx, :T] = scores.logprobs
             old_values[idx, :T] = scores.values.float()
-            ref_ctx = model.reference() if ref_model is None else contextlib.nullcontext(ref_model)
+            ref_ctx = policy.reference() if ref_model is None else contextlib.nullcontext(ref_model)
             with ref_ctx as ref:
                 ref_logprobs[idx, :T] = score_responses(ref, sub, config.temperature).logprobs
 
@@ -609,7 +646,11 @@ def ppo_step(
     )
     advantages, returns = gae_advantages(rewards, old_values, mask, config.gamma, config.lam)
     if config.whiten_advantages:
-        advantages = whiten(advantages, mask)
+        advantages = (
+            _whiten_global(advantages, mask, accelerator)
+            if distributed
+            else whiten(advantages, mask)
+        )
 
     # 3. updates
     sums: dict[str, float] = {}
@@ -620,47 +661,56 @@ def ppo_step(
         for mb in _chunks(B, config.mini_batch_size):
             mb_idx = order[mb]
             optimizer.zero_grad(set_to_none=True)
-            for part in _chunks(len(mb_idx), micro):
+            parts = list(_chunks(len(mb_idx), micro))
+            for k, part in enumerate(parts):
                 idx = mb_idx[part]
                 sub = batch.select(idx)
                 T = sub.response_ids.shape[1]
-                scores = score_responses(model, sub, config.temperature, with_entropy=True)
-                out = ppo_losses(
-                    scores.logprobs,
-                    old_logprobs[idx, :T],
-                    scores.values.float(),
-                    old_values[idx, :T],
-                    advantages[idx, :T],
-                    returns[idx, :T],
-                    sub.response_mask,
-                    config.clip_range,
-                    config.clip_range_value,
-                    config.vf_coef,
-                    entropy=scores.entropy,
-                )
-                (out.loss * len(idx) / len(mb_idx)).backward()
+                # Gradients are all-reduced once per mini-batch, on its last micro-batch.
+                sync = k == len(parts) - 1 or not distributed
+                with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                    scores = score_responses(model, sub, config.temperature, with_entropy=True)
+                    out = ppo_losses(
+                        scores.logprobs,
+                        old_logprobs[idx, :T],
+                        scores.values.float(),
+                        old_values[idx, :T],
+                        advantages[idx, :T],
+                        returns[idx, :T],
+                        sub.response_mask,
+                        config.clip_range,
+                        config.clip_range_value,
+                        config.vf_coef,
+                        entropy=scores.entropy,
+                    )
+                    loss = out.loss * len(idx) / len(mb_idx)
+                    if accelerator is not None:
+                        accelerator.backward(loss)
+                    else:
+                        loss.backward()
                 for key, value in out.stats.items():
                     sums[key] = sums.get(key, 0.0) + value
                 n_micro += 1
             if config.max_grad_norm is not None:
-                sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(
-                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                clip = (
+                    accelerator.clip_grad_norm_
+                    if accelerator is not None
+                    else torch.nn.utils.clip_grad_norm_
                 )
+                norm = clip(params, config.max_grad_norm)  # None under DeepSpeed (clips itself)
+                if norm is not None:
+                    sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(norm)
             optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
     seq_kl = (kl * mask).sum(1)
-    mean_kl = seq_kl.mean().item()
-    kl_ctl.update(mean_kl, B)
     stats = {f"ppo/{k}": v / n_micro for k, v in sums.items() if k != "grad_norm"}
-    if "grad_norm" in sums:
+    if "grad_norm" in sums:  # measured after the all-reduce: the same on every process
         n_updates = config.ppo_epochs * math.ceil(B / config.mini_batch_size)
         stats["ppo/grad_norm"] = sums["grad_norm"] / n_updates
     stats.update(
         {
-            "objective/kl": mean_kl,
-            "objective/kl_coef": kl_coef,
-            "objective/kl_coef_next": kl_ctl.value,
+            "objective/kl": seq_kl.mean().item(),
             "env/r_code_mean": sum(s.r_code for s in samples) / B,
             "env/reward_mean": (rewards * mask).sum(1).mean().item(),
             "ppo/returns_mean": masked_mean(returns, mask).item(),
@@ -668,7 +718,34 @@ def ppo_step(
             "ppo/response_len": mask.sum(1).float().mean().item(),
         }
     )
+    if distributed:  # equal shards: the mean of the process means is the batch mean
+        keys = sorted(k for k in stats if k != "ppo/grad_norm")
+        local = torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=device)
+        stats.update(zip(keys, accelerator.reduce(local, reduction="mean").tolist()))
+    kl_ctl.update(stats["objective/kl"], B * (accelerator.num_processes if distributed else 1))
+    stats["objective/kl_coef"] = kl_coef
+    stats["objective/kl_coef_next"] = kl_ctl.value
     r_expl = [s.r_expl for s in samples if s.r_expl is not None and s.expl_end is not None]
+    if distributed:
+        r_expl = [v for part in _gather_lists(r_expl, accelerator) for v in part]
     if r_expl:
         stats["env/r_expl_mean"] = sum(r_expl) / len(r_expl)
     return stats
+
+
+def _gather_lists(values: list[float], accelerator: Any) -> list[list[float]]:
+    from accelerate.utils import gather_object
+
+    return gather_object([values])
+
+
+def _whiten_global(x: Tensor, mask: Tensor, accelerator: Any, eps: float = 1e-8) -> Tensor:
+    """``whiten`` with the mean and variance of the real tokens of *all* processes' shards,
+    so that a sample's advantage does not depend on which process it landed on."""
+    m = mask.to(x.dtype)
+    local = torch.stack([(x * m).sum(), (x * x * m).sum(), m.sum()]).double()
+    s1, s2, n = accelerator.reduce(local, reduction="sum").tolist()
+    n = max(n, 1.0)
+    mean = s1 / n
+    var = max(s2 / n - mean * mean, 0.0) * n / max(n - 1.0, 1.0)
+    return (x - mean) * (1.0 / math.sqrt(var + eps)) * m

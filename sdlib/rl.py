@@ -18,10 +18,17 @@ The policy starts from the SFT adapter (``sft/model``) when there is one, else a
 adapter on the base model; the result says which. Outputs (``outputs/<run>/rl/``):
 ``metrics.jsonl`` (one line per step: rewards, pass rate, KL, losses, seconds per phase),
 ``samples.jsonl`` (every rollout with its scores), ``model/`` (the adapter, tokenizer and
-``value_head.pt``), ``reward.png`` (mean reward per step).
+``value_head.pt``), ``reward.png`` (mean reward per step), ``summary.json`` (what ``run_rl``
+returns) and, with ``rl.eval_prompts > 0``, ``eval.json``: the mean reward on a fixed seeded
+set of RL prompts sampled with the same seeds before and after training. The per-step means
+come from different prompts each step, so they are too noisy to show learning on short runs;
+the fixed set is the honest before/after comparison.
 
-``algorithm: grpo | rloo`` (trl's trainers with the same rewards summed into one number per
-completion) is not built yet: it raises ``NotImplementedError``.
+``algorithm: grpo | rloo``: trl's trainers with the same rewards summed into one number per
+completion, for comparison (``run_trl_baseline``).
+
+Multi-GPU: under ``accelerate launch`` (``sdlib train rl``) every process takes an equal share
+of each step's rollouts, DDP averages the gradients, and metrics cover the whole batch.
 """
 
 from __future__ import annotations
@@ -38,9 +45,13 @@ from typing import Any
 from . import prompts
 from .params import RunParams
 from .rewards import RewardConfig
+from .sft import trainable_checksum
 
 SAMPLES_FILE = "samples.jsonl"
 METRICS_FILE = "metrics.jsonl"
+EVAL_FILE = "eval.json"  # the before/after check on fixed prompts (rl.eval_prompts)
+SUMMARY_FILE = "summary.json"
+REFERENCE_ADAPTER = "reference"
 VALUE_HEAD_FILE = "value_head.pt"
 
 
@@ -130,6 +141,15 @@ def prompt_batches(items: Sequence[RLPrompt], batch_size: int, seed: int) -> Ite
         yield batch
 
 
+def limit_prompts(items: list[RLPrompt], n: int | None, seed: int) -> list[RLPrompt]:
+    """A seeded subset of ``n`` prompts in their original order (all when ``n`` is None):
+    short runs see each prompt several times instead of every prompt once."""
+    if n is None or n >= len(items):
+        return items
+    keep = set(random.Random(seed).sample(range(len(items)), n))
+    return [item for k, item in enumerate(items) if k in keep]
+
+
 def reward_config(params: RunParams) -> RewardConfig:
     """params.rl -> RewardConfig (None constants keep RewardConfig's defaults)."""
     rl = params.rl
@@ -146,11 +166,13 @@ def reward_config(params: RunParams) -> RewardConfig:
 def load_policy(base_path: str, run_dir: Path, params: RunParams, device: str) -> tuple:
     """(peft model, tokenizer, start) where start says where the policy came from:
 
-    * ``"sft_adapter"``: the LoRA adapter in ``sft/model``, trained further;
+    * ``"sft_adapter"``: the LoRA adapter in ``sft/model``, trained further (a frozen copy
+      is loaded as the adapter ``REFERENCE_ADAPTER``: the KL reference is the SFT model);
     * ``"sft_full+fresh_lora"``: a full (or merged) SFT model in ``sft/model`` with a new adapter;
     * ``"base+fresh_lora"``: no SFT output, a new adapter on the base model.
 
-    The reference is always the same network with the adapter disabled.
+    Otherwise the reference is the same network with the adapter disabled (the full SFT
+    model, or the base model).
     """
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
@@ -173,6 +195,9 @@ def load_policy(base_path: str, run_dir: Path, params: RunParams, device: str) -
     base = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device)
     if start == "sft_adapter":
         model = PeftModel.from_pretrained(base, str(sft), is_trainable=True)
+        # the KL reference: the SFT model, i.e. a frozen copy of the same adapter
+        model.load_adapter(str(sft), adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+        model.set_adapter("default")
     else:
         lora = LoraConfig(
             r=params.sft.lora_r,
@@ -411,8 +436,67 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def _accelerator(device: str) -> Any:
+    """This process's ``accelerate.Accelerator``: a single process in a notebook, one of N
+    under ``accelerate launch`` (gloo on CPUs, nccl on GPUs)."""
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=device == "cpu")
+
+
+def _shard(items: Sequence[Any], accelerator: Any) -> list[Any]:
+    """This process's share of a global batch (every process sees the same global batch)."""
+    return list(items)[accelerator.process_index :: accelerator.num_processes]
+
+
+def _gather(rows: list[Any], accelerator: Any) -> list[Any]:
+    """Every process's rows, in process order, on every process (a no-op in one process)."""
+    if accelerator.num_processes == 1:
+        return rows
+    from accelerate.utils import gather_object
+
+    return [row for part in gather_object([rows]) for row in part]
+
+
+def eval_prompt_set(items: Sequence[RLPrompt], n: int, samples: int, seed: int) -> list[RLPrompt]:
+    """The fixed prompts of the before/after check: a seeded sample of ``n`` RL prompts, each
+    repeated ``samples`` times (independent of the training order)."""
+    chosen = random.Random(seed + 7919).sample(list(items), min(n, len(items)))
+    return [item for item in chosen for _ in range(samples)]
+
+
+def reward_summary(scored: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean rewards, pass and no-code rates of scored rollouts (``score_rollouts`` rows)."""
+    totals = [s["r_code"] + (s["r_expl"] or 0.0) for s in scored]
+    return {
+        "n": len(scored),
+        "reward_mean": _mean(totals),
+        "r_code_mean": _mean([s["r_code"] for s in scored]),
+        "r_expl_mean": _mean([s["r_expl"] for s in scored]),
+        "s_ut_mean": _mean([s["s_ut"] for s in scored]),
+        "s_cb_mean": _mean([s["s_cb"] for s in scored]),
+        "s_ex_mean": _mean([s["s_ex"] for s in scored]),
+        "pass_rate": _mean([float(s["status"] == "pass") for s in scored]),
+        "no_code_rate": _mean([float(s["status"] == "no_code") for s in scored]),
+    }
+
+
+def paired_difference(before: Sequence[float], after: Sequence[float]) -> dict[str, float]:
+    """Mean of ``after - before`` over paired samples and its standard error."""
+    diffs = [a - b for a, b in zip(after, before, strict=True)]
+    n = len(diffs)
+    mean = sum(diffs) / n if n else 0.0
+    var = sum((d - mean) ** 2 for d in diffs) / (n - 1) if n > 1 else 0.0
+    return {"mean": mean, "stderr": (var / n) ** 0.5 if n else 0.0, "n": n}
+
+
 def run_rl(params: RunParams, run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Online RL from ``filter/rl.jsonl``; writes ``rl/`` and returns a summary (see module)."""
+    """Online RL from ``filter/rl.jsonl``; writes ``rl/`` and returns a summary (see module).
+
+    Under ``accelerate launch`` (``sdlib train rl``) every process samples and scores its share
+    of each step's prompts, DDP averages the gradients, the metrics are computed over the whole
+    batch, and only the main process writes files.
+    """
     if params.rl.algorithm in ("grpo", "rloo"):
         return run_trl_baseline(params, run_dir, progress)
     if params.rl.algorithm != "ppo":
@@ -428,20 +512,30 @@ def run_rl(params: RunParams, run_dir: str | Path, progress: bool = True) -> dic
     cfg = params.rl
     run_dir = Path(run_dir)
     out_dir = run_dir / "rl"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    items = load_rl_prompts(run_dir)
+    accelerator = _accelerator("cuda" if torch.cuda.is_available() else "cpu")
+    main = accelerator.is_main_process
+    n_proc, rank = accelerator.num_processes, accelerator.process_index
+    if cfg.batch_size % n_proc:
+        raise ValueError(
+            f"rl.batch_size {cfg.batch_size} must be divisible by the {n_proc} processes "
+            "(every process takes an equal share of each step's rollouts)"
+        )
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    items = limit_prompts(load_rl_prompts(run_dir), cfg.max_prompts, params.seed)
     problems = {p.task_id: p for p in training_problems(params)}
     missing = sorted({i.task_id for i in items} - set(problems))
     if missing:
         raise ValueError(f"rl.jsonl names problems outside the training set: {missing[:5]}")
     rcfg = reward_config(params)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.manual_seed(params.seed)
+    device = accelerator.device
+    local_batch = cfg.batch_size // n_proc
     ppo_cfg = PPOConfig(
         learning_rate=cfg.learning_rate,
-        batch_size=cfg.batch_size,
-        mini_batch_size=min(16, cfg.batch_size),
+        batch_size=local_batch,
+        mini_batch_size=min(cfg.mini_batch_size, local_batch),
         micro_batch_size=4,
+        ppo_epochs=cfg.ppo_epochs,
         gamma=cfg.gamma,
         lam=cfg.lam,
         kl_coef=cfg.kl_coef,
@@ -449,34 +543,42 @@ def run_rl(params: RunParams, run_dir: str | Path, progress: bool = True) -> dic
         temperature=cfg.temperature,
         seed=params.seed,
     )
+    eval_items = eval_prompt_set(items, cfg.eval_prompts, cfg.eval_samples, params.seed)
+    torch.manual_seed(params.seed)  # the fresh adapter and the value head start identical
     t_run = time.perf_counter()
     metrics: list[dict[str, Any]] = []
+    evals: dict[str, list[dict[str, Any]]] = {}
     with sandbox_for(params) as sandbox:
-        record_sandbox(run_dir, sandbox)
-        base_path = model_path(params.model, params, sandbox)
-        peft_model, tokenizer, start = load_policy(base_path, run_dir, params, device)
-        model = PolicyWithValueHead(peft_model)
+        with accelerator.main_process_first():  # the tiny model is built once, by the main
+            base_path = model_path(params.model, params, sandbox)
+        if main:
+            record_sandbox(run_dir, sandbox)
+        peft_model, tokenizer, start = load_policy(base_path, run_dir, params, device.type)
+        peft_model.to(device)
+        reference = REFERENCE_ADAPTER if start == "sft_adapter" else None
+        model = PolicyWithValueHead(
+            peft_model, reference_adapter=reference, detach_value=cfg.detach_value
+        )
         disable_dropout(model)
         optimizer = torch.optim.AdamW(
             [p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate
         )
+        model, optimizer = accelerator.prepare(model, optimizer)
         kl_ctl = kl_controller(ppo_cfg)
         chat_tokenizer = tokenizer if params.model.chat else None
         stop = [] if prompts._has_chat_template(chat_tokenizer) else list(prompts.STOP_PLAIN_CHAT)
         special = {"add_special_tokens": False} if chat_tokenizer is not None else {}
         query_cache: dict[str, list[int]] = {}
-        batches = prompt_batches(items, cfg.batch_size, params.seed)
-        (out_dir / METRICS_FILE).write_text("")
-        (out_dir / SAMPLES_FILE).write_text("")
-        bar = tqdm(range(cfg.steps), desc="PPO", unit="step", disable=not progress)
-        for step in bar:
-            batch = next(batches)
+
+        def rollout(batch: list[RLPrompt]) -> tuple[list[Rollout], list[dict], list[float]]:
+            """Sample and score one answer per prompt: (rollouts, scored rows, seconds of
+            generation, execution and rewards)."""
             t0 = time.perf_counter()
             for item in batch:
                 if item.id not in query_cache:
                     text = prompts.render_chat(item.messages, chat_tokenizer)
                     query_cache[item.id] = tokenizer(text, **special)["input_ids"]
-            model.eval()
+            peft_model.eval()
             rollouts = generate_rollouts(
                 peft_model,
                 tokenizer,
@@ -486,9 +588,33 @@ def run_rl(params: RunParams, run_dir: str | Path, progress: bool = True) -> dic
                 stop,
                 params.model.batch_size,
             )
-            t1 = time.perf_counter()
+            t_gen = time.perf_counter() - t0
             scored, t_exec, t_rewards = score_rollouts(
                 batch, rollouts, problems, sandbox, tokenizer, rcfg
+            )
+            return rollouts, scored, [t_gen, t_exec, t_rewards]
+
+        def check(phase: str) -> None:
+            """Score the fixed eval prompts with fixed sampling seeds (per process)."""
+            if not eval_items:
+                return
+            torch.manual_seed(params.seed + 104729 + rank)
+            mine = _shard(list(enumerate(eval_items)), accelerator)
+            _, scored, _ = rollout([item for _, item in mine])
+            rows = [{"index": k, **s} for (k, _), s in zip(mine, scored, strict=True)]
+            evals[phase] = sorted(_gather(rows, accelerator), key=lambda r: r["index"])
+
+        check("before")
+        torch.manual_seed(params.seed + rank)
+        batches = prompt_batches(items, cfg.batch_size, params.seed)
+        if main:
+            (out_dir / METRICS_FILE).write_text("")
+            (out_dir / SAMPLES_FILE).write_text("")
+        bar = tqdm(range(cfg.steps), desc="PPO", unit="step", disable=not (progress and main))
+        for step in bar:
+            t0 = time.perf_counter()
+            rollouts, scored, (t_gen, t_exec, t_rewards) = rollout(
+                _shard(next(batches), accelerator)
             )
             t2 = time.perf_counter()
             samples = [
@@ -503,21 +629,21 @@ def run_rl(params: RunParams, run_dir: str | Path, progress: bool = True) -> dic
             ]
             model.train()
             stats = ppo_step(
-                model, None, samples, optimizer, ppo_cfg, kl_ctl, tokenizer.pad_token_id
+                model,
+                None,
+                samples,
+                optimizer,
+                ppo_cfg,
+                kl_ctl,
+                tokenizer.pad_token_id,
+                accelerator=accelerator,
             )
             t3 = time.perf_counter()
+            scored = _gather(scored, accelerator)  # the whole batch, on every process
             step_seconds = t3 - t0
-            totals = [s["r_code"] + (s["r_expl"] or 0.0) for s in scored]
             row = {
                 "step": step,
-                "reward_mean": _mean(totals),
-                "r_code_mean": _mean([s["r_code"] for s in scored]),
-                "r_expl_mean": _mean([s["r_expl"] for s in scored]),
-                "s_ut_mean": _mean([s["s_ut"] for s in scored]),
-                "s_cb_mean": _mean([s["s_cb"] for s in scored]),
-                "s_ex_mean": _mean([s["s_ex"] for s in scored]),
-                "pass_rate": _mean([float(s["status"] == "pass") for s in scored]),
-                "no_code_rate": _mean([float(s["status"] == "no_code") for s in scored]),
+                **{k: v for k, v in reward_summary(scored).items() if k != "n"},
                 "kl": stats["objective/kl"],
                 "kl_coef": stats["objective/kl_coef"],
                 "policy_loss": stats.get("ppo/policy_loss"),
@@ -525,29 +651,38 @@ def run_rl(params: RunParams, run_dir: str | Path, progress: bool = True) -> dic
                 "entropy": stats.get("ppo/entropy"),
                 "clipfrac": stats.get("ppo/clipfrac"),
                 "response_len": stats["ppo/response_len"],
-                "seconds_generation": round(t1 - t0, 3),
+                "seconds_generation": round(t_gen, 3),
                 "seconds_execution": round(t_exec, 3),
                 "seconds_rewards": round(t_rewards, 3),
                 "seconds_update": round(t3 - t2, 3),
                 "seconds_step": round(step_seconds, 3),
                 "reward_share": round((t_exec + t_rewards) / max(step_seconds, 1e-9), 4),
+                "processes": n_proc,
                 "ppo": stats,
             }
             metrics.append(row)
-            with open(out_dir / METRICS_FILE, "a") as handle:
-                handle.write(json.dumps(row) + "\n")
-            with open(out_dir / SAMPLES_FILE, "a") as handle:
-                for s in scored:
-                    handle.write(json.dumps({"step": step, **s}) + "\n")
+            if main:
+                with open(out_dir / METRICS_FILE, "a") as handle:
+                    handle.write(json.dumps(row) + "\n")
+                with open(out_dir / SAMPLES_FILE, "a") as handle:
+                    for s in scored:
+                        handle.write(json.dumps({"step": step, **s}) + "\n")
             bar.set_postfix(reward=f"{row['reward_mean']:.2f}", kl=f"{row['kl']:.3f}")
+        check("after")
+    unwrapped = accelerator.unwrap_model(model)
     model_dir = out_dir / "model"
-    peft_model.save_pretrained(str(model_dir))
-    tokenizer.save_pretrained(str(model_dir))
-    torch.save(model.value_head.state_dict(), model_dir / VALUE_HEAD_FILE)
-    plot_rewards(metrics, out_dir / "reward.png")
-    import matplotlib.pyplot as plt
+    evaluation = _eval_report(evals, cfg, params.seed) if evals else None
+    if main:
+        unwrapped.policy.save_pretrained(str(model_dir), selected_adapters=["default"])
+        tokenizer.save_pretrained(str(model_dir))
+        torch.save(unwrapped.value_head.state_dict(), model_dir / VALUE_HEAD_FILE)
+        plot_rewards(metrics, out_dir / "reward.png")
+        import matplotlib.pyplot as plt
 
-    plt.close("all")
+        plt.close("all")
+        if evaluation is not None:
+            (out_dir / EVAL_FILE).write_text(json.dumps(evaluation, indent=1))
+    accelerator.wait_for_everyone()
     seconds = time.perf_counter() - t_run
     sums = {
         k: sum(m[k] for m in metrics)
@@ -559,13 +694,14 @@ def run_rl(params: RunParams, run_dir: str | Path, progress: bool = True) -> dic
             "seconds_step",
         )
     }
-    return {
+    summary = {
         **({"note": DISCLAIMER} if params.model.kind == "tiny" else {}),
         "algorithm": "ppo",
         "start": start,
         "base_model": base_path,
         "adapter": str(model_dir),
-        "device": device,
+        "device": str(device),
+        "processes": n_proc,
         "prompts": len(items),
         "prompts_by_mode": dict(sorted(_count(i.mode for i in items).items())),
         "prompts_with_reference_code": sum(bool(i.reference_code) for i in items),
@@ -575,14 +711,59 @@ def run_rl(params: RunParams, run_dir: str | Path, progress: bool = True) -> dic
         "reward_last": metrics[-1]["reward_mean"] if metrics else None,
         "pass_rate_last": metrics[-1]["pass_rate"] if metrics else None,
         "kl_last": metrics[-1]["kl"] if metrics else None,
+        **(
+            {
+                "reward_before": evaluation["before"]["reward_mean"],
+                "reward_after": evaluation["after"]["reward_mean"],
+                "reward_change": evaluation["difference"]["mean"],
+                "reward_change_stderr": evaluation["difference"]["stderr"],
+            }
+            if evaluation
+            else {}
+        ),
         "reward_config": asdict(rcfg),
         "ppo_config": asdict(ppo_cfg),
+        "trainable_checksum": trainable_checksum(unwrapped),
         "seconds": round(seconds, 1),
         **{k: round(v, 2) for k, v in sums.items()},
         "reward_share": round(
             (sums["seconds_execution"] + sums["seconds_rewards"]) / max(sums["seconds_step"], 1e-9),
             4,
         ),
+    }
+    if main:
+        (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _eval_report(evals: dict[str, list[dict[str, Any]]], cfg: Any, seed: int) -> dict[str, Any]:
+    """``rl/eval.json``: the fixed-prompt check before and after training, paired by sample."""
+    totals = {
+        phase: [s["r_code"] + (s["r_expl"] or 0.0) for s in rows] for phase, rows in evals.items()
+    }
+    return {
+        "what": "mean reward on a fixed seeded subset of the RL prompts, sampled with the same "
+        "seeds before and after RL (paired by sample)",
+        "prompts": cfg.eval_prompts,
+        "samples_per_prompt": cfg.eval_samples,
+        "seed": seed,
+        "before": reward_summary(evals["before"]),
+        "after": reward_summary(evals["after"]),
+        "difference": paired_difference(totals["before"], totals["after"]),
+        "samples": [
+            {
+                "index": b["index"],
+                "prompt": b["prompt"],
+                "mode": b["mode"],
+                "reward_before": tb,
+                "reward_after": ta,
+                "status_before": b["status"],
+                "status_after": a["status"],
+            }
+            for b, a, tb, ta in zip(
+                evals["before"], evals["after"], totals["before"], totals["after"], strict=True
+            )
+        ],
     }
 
 
@@ -616,7 +797,10 @@ def run_trl_baseline(
     strings before parsing (trl has no stop strings; the tokens after still count). Groups of
     ``_group_size(batch_size)`` completions share a prompt; ``kl_coef`` is trl's ``beta``.
     Writes the same ``rl/`` files as PPO (``metrics.jsonl`` from trl's logs plus the reward
-    statistics of each generation batch).
+    statistics of each generation batch). Under ``accelerate launch`` trl shards the
+    generation batch (``rl.batch_size`` stays the global number of completions per step); the
+    reward function gathers every process's rows, so the statistics cover the whole batch, and
+    only the main process writes.
     """
     import torch
     from datasets import Dataset
@@ -631,8 +815,13 @@ def run_trl_baseline(
     cfg = params.rl
     run_dir = Path(run_dir)
     out_dir = run_dir / "rl"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    items = load_rl_prompts(run_dir)
+    accelerator = _accelerator("cuda" if torch.cuda.is_available() else "cpu")
+    main, n_proc = accelerator.is_main_process, accelerator.num_processes
+    if cfg.batch_size % n_proc:
+        raise ValueError(f"rl.batch_size {cfg.batch_size} must be divisible by {n_proc} processes")
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    items = limit_prompts(load_rl_prompts(run_dir), cfg.max_prompts, params.seed)
     by_id = {i.id: i for i in items}
     problems = {p.task_id: p for p in training_problems(params)}
     rcfg = reward_config(params)
@@ -643,8 +832,10 @@ def run_trl_baseline(
     t_run = time.perf_counter()
 
     with sandbox_for(params) as sandbox:
-        record_sandbox(run_dir, sandbox)
-        base_path = model_path(params.model, params, sandbox)
+        with accelerator.main_process_first():
+            base_path = model_path(params.model, params, sandbox)
+        if main:
+            record_sandbox(run_dir, sandbox)
         peft_model, tokenizer, start = load_policy(base_path, run_dir, params, device)
         chat_tokenizer = tokenizer if params.model.chat else None
         stop = [] if prompts._has_chat_template(chat_tokenizer) else list(prompts.STOP_PLAIN_CHAT)
@@ -682,6 +873,14 @@ def run_trl_baseline(
             )
             t_rewards = time.perf_counter() - start_rewards
             totals = [r["r_code"] + (r["r_expl"] or 0.0) for r in rows]
+            local = totals
+            # trl calls this on every process with its share: statistics of the whole batch
+            batch = _gather(batch, accelerator)
+            texts = _gather(texts, accelerator)
+            rows = _gather(rows, accelerator)
+            statuses = _gather(statuses, accelerator)
+            s_ut = _gather(s_ut, accelerator)
+            totals = [r["r_code"] + (r["r_expl"] or 0.0) for r in rows]
             calls.append(
                 {
                     "reward_mean": _mean(totals),
@@ -694,6 +893,8 @@ def run_trl_baseline(
                     "seconds_rewards": round(t_rewards, 3),
                 }
             )
+            if not main:
+                return local
             with open(out_dir / SAMPLES_FILE, "a") as handle:
                 for item, text, r, st in zip(batch, texts, rows, statuses, strict=True):
                     handle.write(
@@ -709,7 +910,7 @@ def run_trl_baseline(
                         )
                         + "\n"
                     )
-            return totals
+            return local
 
         class StepTimer(TrainerCallback):
             def on_step_begin(self, args, state, control, **kwargs):
@@ -722,7 +923,7 @@ def run_trl_baseline(
             output_dir=str(out_dir / "trl"),
             max_steps=cfg.steps,
             learning_rate=cfg.learning_rate,
-            per_device_train_batch_size=cfg.batch_size,
+            per_device_train_batch_size=cfg.batch_size // n_proc,
             generation_batch_size=cfg.batch_size,
             num_generations=group,
             max_completion_length=cfg.max_new_tokens,
@@ -742,7 +943,8 @@ def run_trl_baseline(
         else:
             from trl import RLOOConfig as Config
             from trl import RLOOTrainer as Trainer
-        (out_dir / SAMPLES_FILE).write_text("")
+        if main:
+            (out_dir / SAMPLES_FILE).write_text("")
         trainer = Trainer(
             model=peft_model,
             reward_funcs=reward,
@@ -771,14 +973,16 @@ def run_trl_baseline(
             "trl": log,
         }
         metrics.append(row)
-    (out_dir / METRICS_FILE).write_text("".join(json.dumps(m) + "\n" for m in metrics))
     model_dir = out_dir / "model"
-    trainer.model.save_pretrained(str(model_dir))
-    tokenizer.save_pretrained(str(model_dir))
-    plot_rewards(metrics, out_dir / "reward.png")
-    import matplotlib.pyplot as plt
+    trainer.save_model(str(model_dir))  # the main process writes
+    if main:
+        (out_dir / METRICS_FILE).write_text("".join(json.dumps(m) + "\n" for m in metrics))
+        tokenizer.save_pretrained(str(model_dir))
+        plot_rewards(metrics, out_dir / "reward.png")
+        import matplotlib.pyplot as plt
 
-    plt.close("all")
+        plt.close("all")
+    accelerator.wait_for_everyone()
     return {
         **({"note": DISCLAIMER} if params.model.kind == "tiny" else {}),
         "algorithm": cfg.algorithm,
@@ -788,10 +992,12 @@ def run_trl_baseline(
         "device": device,
         "prompts": len(items),
         "group_size": group,
+        "processes": n_proc,
         "steps": len(metrics),
         "batch_size": cfg.batch_size,
         "reward_first": metrics[0]["reward_mean"] if metrics else None,
         "reward_last": metrics[-1]["reward_mean"] if metrics else None,
         "reward_config": asdict(rcfg),
+        "trainable_checksum": trainable_checksum(trainer.model),
         "seconds": round(time.perf_counter() - t_run, 1),
     }

@@ -9,8 +9,15 @@ on the wrong solution in the history.
 
 Training goes through TRL's ``SFTTrainer``: LoRA (PEFT, all linear layers) by default, full
 fine-tuning, or QLoRA (bitsandbytes 4-bit, CUDA only). Held-out loss is measured before and
-after training. Outputs under ``<run_dir>/sft/``: ``model/`` (adapter or full model, plus the
-tokenizer), ``merged/`` (when ``sft.merge``), ``metrics.json`` and ``loss.png``.
+after training, on all held-out records and on the held-out *refinements* alone (what the
+method is about; code-generation records are easier and would hide a regression). Outputs
+under ``<run_dir>/sft/``: ``model/`` (adapter or full model, plus the tokenizer), ``merged/``
+(when ``sft.merge``), ``metrics.json`` and ``loss.png``.
+
+Multi-GPU: ``accelerate launch -m sdlib.cli train sft PARAMS --run-dir DIR`` runs the same
+code in N processes; the Trainer shards the data (``sft.batch_size`` is per process),
+synchronises gradients (DDP, or DeepSpeed/FSDP from the accelerate config), reduces the
+logged losses, and only the main process writes files.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from . import prompts
 from .params import RunParams
 
 WARMUP_CAP = 0.1  # at most this share of the optimizer steps is warm-up
+REFINEMENT_SOURCES = ("refine", "expl_refine")
 
 
 def sft_file(run_dir: str | Path) -> Path:
@@ -280,6 +288,30 @@ def loss_plot(metrics: dict[str, Any], save: str | Path | None = None):
     return fig
 
 
+def _undo_eval_only_prepare(trainer: Any) -> None:
+    """Let ``train()`` wrap the model in DDP after an ``evaluate()``.
+
+    ``Trainer.evaluate()`` before ``train()`` prepares the model for evaluation only (no DDP)
+    yet marks it prepared, and ``train()`` then skips the DDP wrap: every process silently
+    trains its own copy on its own shard (transformers 5.24 / accelerate 1.15, found by
+    tests/test_distributed.py). DeepSpeed and FSDP prepare fully in ``evaluate()`` and are
+    left alone.
+    """
+    model = trainer.model
+    if trainer.model_wrapped is model and getattr(model, "_is_accelerate_prepared", False):
+        del model._is_accelerate_prepared
+
+
+def _distributed_state():
+    """accelerate's process state: one process in a notebook, N under ``accelerate launch``.
+    Without CUDA the processes talk over gloo (``cpu=True``), which is what lets the multi-GPU
+    code path run, and be tested, on a CPU machine."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def _merge(model_path: str, adapter_dir: Path, out_dir: Path, tokenizer) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -303,7 +335,9 @@ def run_sft(params: RunParams, run_dir: str | Path, progress: bool = True) -> di
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 
-    path = _model_source(params)
+    state = _distributed_state()
+    with state.main_process_first():  # the tiny model is built once, by the main process
+        path = _model_source(params)
     tokenizer = AutoTokenizer.from_pretrained(path)
     dataset = sft_dataset(records, tokenizer if params.model.chat else None)
     ok = fits(dataset, tokenizer, cfg.max_length)
@@ -315,6 +349,10 @@ def run_sft(params: RunParams, run_dir: str | Path, progress: bool = True) -> di
     train_idx, held_idx = held_out_split(len(dataset), cfg.held_out_fraction, params.seed)
     train_ds = dataset.select(train_idx)
     held_ds = dataset.select(held_idx) if held_idx else None
+    held_refine = [
+        k for k, src in enumerate(dataset.select(held_idx)["source"]) if src in REFINEMENT_SOURCES
+    ]
+    refine_ds = held_ds.select(held_refine) if held_ds is not None and held_refine else None
 
     total = optimizer_steps(
         len(train_ds), cfg.batch_size, cfg.gradient_accumulation_steps, cfg.epochs
@@ -322,19 +360,28 @@ def run_sft(params: RunParams, run_dir: str | Path, progress: bool = True) -> di
     warmup, warmup_note = capped_warmup(cfg.warmup_steps, total)
     trainer = build_trainer(params, path, train_ds, held_ds, out / "checkpoints", progress, warmup)
 
-    before = trainer.evaluate()["eval_loss"] if held_ds is not None else None
+    def held_out_losses() -> tuple[float | None, float | None]:
+        every = trainer.evaluate()["eval_loss"] if held_ds is not None else None
+        refine = trainer.evaluate(refine_ds)["eval_loss"] if refine_ds is not None else None
+        return every, refine
+
+    before, refine_before = held_out_losses()
+    _undo_eval_only_prepare(trainer)
     t_train = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - t_train
-    after = trainer.evaluate()["eval_loss"] if held_ds is not None else None
+    after, refine_after = held_out_losses()
 
+    main = trainer.accelerator.is_main_process
     model_dir = out / "model"
-    trainer.save_model(str(model_dir))
-    trainer.processing_class.save_pretrained(model_dir)
+    trainer.save_model(str(model_dir))  # writes on the main process only
     merged_dir = None
-    if cfg.merge and cfg.method in ("lora", "qlora"):
-        merged_dir = out / "merged"
-        _merge(path, model_dir, merged_dir, trainer.processing_class)
+    if main:
+        trainer.processing_class.save_pretrained(model_dir)
+        if cfg.merge and cfg.method in ("lora", "qlora"):
+            merged_dir = out / "merged"
+            _merge(path, model_dir, merged_dir, trainer.processing_class)
+    trainer.accelerator.wait_for_everyone()
 
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     every = sum(p.numel() for p in trainer.model.parameters())
@@ -349,8 +396,13 @@ def run_sft(params: RunParams, run_dir: str | Path, progress: bool = True) -> di
             "too_long": len(records) - len(dataset),
             "train": len(train_ds),
             "held_out": len(held_idx),
+            "held_out_refinements": len(held_refine),
             "by_source": dict(Counter(dataset["source"])),
         },
+        "processes": trainer.accelerator.num_processes,
+        "global_batch_size": cfg.batch_size
+        * cfg.gradient_accumulation_steps
+        * trainer.accelerator.num_processes,
         "optimizer_steps": trainer.state.global_step,
         "planned_steps": total,
         "warmup_steps_requested": cfg.warmup_steps,
@@ -363,6 +415,8 @@ def run_sft(params: RunParams, run_dir: str | Path, progress: bool = True) -> di
         ],
         "eval_loss_before": before,
         "eval_loss_after": after,
+        "eval_loss_refinement_before": refine_before,
+        "eval_loss_refinement_after": refine_after,
         "trainable_parameters": trainable,
         "parameters": every,
         "seconds_train": round(train_seconds, 2),
@@ -374,12 +428,23 @@ def run_sft(params: RunParams, run_dir: str | Path, progress: bool = True) -> di
         from .default_model import DISCLAIMER
 
         metrics["note"] = DISCLAIMER
-    checkpoints = out / "checkpoints"
-    if checkpoints.is_dir() and not any(checkpoints.iterdir()):
-        checkpoints.rmdir()
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    fig = loss_plot(metrics, save=out / "loss.png")
-    plt.close(fig)
+    if main:
+        checkpoints = out / "checkpoints"
+        if checkpoints.is_dir() and not any(checkpoints.iterdir()):
+            checkpoints.rmdir()
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        fig = loss_plot(metrics, save=out / "loss.png")
+        plt.close(fig)
+    trainer.accelerator.wait_for_everyone()
     return {k: v for k, v in metrics.items() if k != "train_losses"} | {
-        "final_train_loss": metrics["train_losses"][-1]["loss"] if metrics["train_losses"] else None
+        "final_train_loss": metrics["train_losses"][-1]["loss"]
+        if metrics["train_losses"]
+        else None,
+        "trainable_checksum": trainable_checksum(trainer.model),
     }
+
+
+def trainable_checksum(model: Any) -> float:
+    """The sum of every trainable weight: the same on every process when the gradients were
+    synchronised (each process saw different data), which is what the distributed test checks."""
+    return float(sum(p.detach().double().sum() for p in model.parameters() if p.requires_grad))

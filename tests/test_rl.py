@@ -33,6 +33,7 @@ PARAMS = {
         "max_new_tokens": 64,
         "learning_rate": 1e-4,
         "temperature": 1.0,
+        "eval_prompts": 2,
     },
 }
 
@@ -263,3 +264,105 @@ def test_policy_starts_from_the_sft_adapter_when_there_is_one(rl_run, tmp_path):
     model, _, start = rl.load_policy(summary["base_model"], tmp_path, params, "cpu")
     assert start == "sft_adapter" and model.peft_config["default"].r == 4
     assert any(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)
+
+
+def test_kl_reference_is_the_sft_model(rl_run, tmp_path):
+    """Starting from the SFT adapter, the KL reference is the SFT model (a frozen copy of the
+    adapter), not the base model: reference and policy agree before training, the reference
+    stays put when the trained adapter moves, and the trained adapter stays trainable."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sdlib.ppo import PolicyWithValueHead
+
+    params, _, _, summary = rl_run
+    base = AutoModelForCausalLM.from_pretrained(summary["base_model"])
+    sft = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, p in sft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)  # an SFT adapter that changes the model
+    sft.save_pretrained(str(tmp_path / "sft" / "model"))
+    AutoTokenizer.from_pretrained(summary["base_model"]).save_pretrained(
+        str(tmp_path / "sft" / "model")
+    )
+    peft_model, _, start = rl.load_policy(summary["base_model"], tmp_path, params, "cpu")
+    model = PolicyWithValueHead(peft_model, reference_adapter=rl.REFERENCE_ADAPTER)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    mask = torch.ones_like(ids)
+
+    def logits(m) -> torch.Tensor:
+        with torch.no_grad():
+            return m(input_ids=ids, attention_mask=mask).logits
+
+    policy = logits(peft_model)
+    with model.reference() as ref:
+        reference = logits(ref)
+    with peft_model.disable_adapter():
+        bare = logits(peft_model)
+    assert torch.allclose(policy, reference) and not torch.allclose(reference, bare, atol=1e-3)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B.default" in name:
+                p.add_(0.5)
+    with model.reference() as ref:
+        assert torch.allclose(logits(ref), reference)
+    assert not torch.allclose(logits(peft_model), reference, atol=1e-3)
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all(".default." in n for n in trainable)
+
+
+def test_before_after_check_scores_the_same_prompts(rl_run):
+    """rl.eval_prompts: a fixed prompt set scored before and after training, paired by sample;
+    what run_rl returns is also in rl/summary.json."""
+    _, run_dir, _, summary = rl_run
+    check = json.loads((run_dir / "rl" / "eval.json").read_text())
+    assert check["before"]["n"] == check["after"]["n"] == 2 == len(check["samples"])
+    items = rl.load_rl_prompts(run_dir)
+    expected = [i.id for i in rl.eval_prompt_set(items, 2, 1, seed=1)]
+    assert [s["prompt"] for s in check["samples"]] == expected
+    diffs = [s["reward_after"] - s["reward_before"] for s in check["samples"]]
+    assert check["difference"]["mean"] == pytest.approx(sum(diffs) / 2)
+    assert summary["reward_before"] == check["before"]["reward_mean"]
+    assert summary["reward_change"] == pytest.approx(
+        check["after"]["reward_mean"] - check["before"]["reward_mean"]
+    )
+    saved = json.loads((run_dir / "rl" / "summary.json").read_text())
+    assert saved["reward_after"] == summary["reward_after"] and saved["steps"] == 2
+
+
+def test_prompt_subsets_and_paired_difference():
+    items = [rl.RLPrompt(f"p{k}", f"w{k}", "t", "refine", []) for k in range(10)]
+    subset = rl.limit_prompts(items, 4, seed=0)
+    assert len(subset) == 4 and subset == [i for i in items if i in subset]  # order kept
+    assert (
+        rl.limit_prompts(items, 4, seed=0) == subset and rl.limit_prompts(items, None, 0) == items
+    )
+    chosen = rl.eval_prompt_set(items, 3, 2, seed=0)
+    assert len(chosen) == 6 and chosen[0] is chosen[1] and len({i.id for i in chosen}) == 3
+    diff = rl.paired_difference([0.0, 1.0, 2.0], [1.0, 1.0, 4.0])
+    assert diff["mean"] == pytest.approx(1.0) and diff["n"] == 3
+    assert diff["stderr"] == pytest.approx((1.0 / 3) ** 0.5)
+
+
+def test_detached_value_head_leaves_the_policy_alone(rl_run):
+    """rl.detach_value: the value loss trains the value head only."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from sdlib.ppo import PolicyWithValueHead
+
+    _, _, _, summary = rl_run
+    base = AutoModelForCausalLM.from_pretrained(summary["base_model"])
+    ids = torch.tensor([[5, 6, 7, 8]])
+    for detach in (True, False):
+        lora = LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM")
+        model = PolicyWithValueHead(get_peft_model(base, lora), detach_value=detach)
+        _, values = model(ids, torch.ones_like(ids))
+        values.pow(2).sum().backward()
+        lora_grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
+        assert lora_grads and model.value_head.summary.weight.grad is not None
+        assert all(g is None for g in lora_grads) == detach
+        base = model.policy.unload()  # the plain model again, for the next round

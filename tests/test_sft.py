@@ -147,6 +147,11 @@ def test_run_sft_trains_lora_and_writes_outputs(records, model_dir, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["records"]["held_out"] == 4 and metrics["records"]["train"] == 16
     assert metrics["eval_loss_after"] < metrics["eval_loss_before"], metrics
+    # the held-out refinements alone (what the method is about) are measured too
+    assert metrics["records"]["held_out_refinements"] >= 1
+    refine_before = metrics["eval_loss_refinement_before"]
+    assert metrics["eval_loss_refinement_after"] < refine_before, metrics
+    assert metrics["processes"] == 1 and metrics["global_batch_size"] == 4
     assert summary["eval_loss_after"] == metrics["eval_loss_after"]
     assert metrics["warmup_steps"] <= 0.1 * metrics["planned_steps"] and metrics["warmup_note"]
     assert len(metrics["train_losses"]) == metrics["optimizer_steps"] > 0
