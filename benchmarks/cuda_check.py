@@ -130,19 +130,16 @@ def check_sft(model: str, data: Path, out: Path, method: str) -> dict[str, Any]:
 def check_ppo(model: str, sft_run: Path) -> dict[str, Any]:
     import torch
 
+    from sdlib.jsonl import read_jsonl
     from sdlib.rl import run_rl
 
     start = time.perf_counter()
     summary = run_rl(make_params(model, "lora"), sft_run, progress=False)
     evaluation = json.loads((sft_run / "rl" / "eval.json").read_text())
-    steps = [
-        json.loads(line)
-        for line in (sft_run / "rl" / "metrics.jsonl").read_text().splitlines()
-        if line.strip()
-    ]
+    steps, _bad = read_jsonl(sft_run / "rl" / "metrics.jsonl")
     result = {
         "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "start": summary.get("start") or summary.get("policy_start"),
+        "start": summary["start"],
         "steps": len(steps),
         "reward_before": evaluation["before"]["reward_mean"],
         "reward_after": evaluation["after"]["reward_mean"],
