@@ -35,18 +35,52 @@ SANDBOX_UID_BASE = 61000
 SANDBOX_UID_COUNT = 4000
 
 
+ISOLATION_LEVELS = ("auto", "namespaces", "unprivileged", "none")
+GUARANTEES = ("filesystem", "network", "processes", "ipc")
+# The only variables of the caller a worker (and so a program) sees: what an interpreter
+# needs to start and to read text. Keys and tokens (OPENAI_API_KEY, HF_TOKEN, ...) never pass.
+WORKER_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "LD_LIBRARY_PATH", "TZ")
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
 @dataclass(frozen=True)
 class SandboxConfig:
     timeout: float = 10.0  # seconds of wall time per program, all its tests together
-    memory_mb: int = 2048  # address-space limit of the program's process
+    # The job's whole memory budget: address space plus what it keeps in its private temp
+    # folders (namespace modes: the address-space limit is memory_mb - tmpfs_mb).
+    memory_mb: int = 2048
     workers: int = 0  # 0 = one per CPU core
-    isolation: str = "auto"  # "auto" | "namespaces" (fail if unavailable) | "none"
+    # "auto": namespaces where the kernel allows, then Landlock and seccomp on top (or alone);
+    # "namespaces": refuse to run without namespaces; "unprivileged": Landlock and seccomp
+    # only (what a container that refuses namespaces gives); "none": resource limits only.
+    isolation: str = "auto"
     nproc: int = 64  # processes/threads the program may have
     output_mb: int = 16  # largest file (stdout included) the program may write
-    tmpfs_mb: int = 512  # size of the private /tmp of each worker
+    tmpfs_mb: int = 256  # size of the private /tmp + /var/tmp + /dev/shm of each worker
     # EvalPlus's rule: a program may take reference_factor x the reference's time when that
     # is longer than ``timeout`` (slow machines must not flip verdicts of correct programs).
     reference_factor: float = 4.0
+    # Guarantees the machine must give or the sandbox refuses to start: any of "filesystem",
+    # "network", "processes", "ipc" (README, "The sandbox").
+    require: tuple[str, ...] = ()
+    # Extra environment variables a program may see, beyond WORKER_ENV.
+    pass_env: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.isolation not in ISOLATION_LEVELS:
+            raise ValueError(
+                f"sandbox isolation {self.isolation!r} is not one of {', '.join(ISOLATION_LEVELS)}"
+            )
+        unknown = sorted(set(self.require) - set(GUARANTEES))
+        if unknown:
+            raise ValueError(
+                f"sandbox.require names {unknown}; the guarantees are {', '.join(GUARANTEES)}"
+            )
+        if not 0 < self.tmpfs_mb <= self.memory_mb // 2:
+            raise ValueError(
+                f"sandbox tmpfs_mb={self.tmpfs_mb} must be between 1 and half of "
+                f"memory_mb={self.memory_mb} (the temp folders count against the job's memory)"
+            )
 
     def n_workers(self) -> int:
         return self.workers if self.workers > 0 else max(1, os.cpu_count() or 1)
@@ -66,6 +100,85 @@ class SandboxConfig:
 
 class SandboxUnavailable(RuntimeError):
     """The requested isolation cannot be had on this machine."""
+
+
+def worker_environment(extra: Sequence[str] = ()) -> dict[str, str]:
+    """The whole environment of a worker: a short allow-list, never the caller's secrets."""
+    env = {name: os.environ[name] for name in (*WORKER_ENV, *extra) if name in os.environ}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.setdefault("LANG", "C.UTF-8")
+    env["HOME"] = "/nonexistent"  # each job gets its own directory as HOME
+    return env
+
+
+def _fix_for(isolation: str) -> str:
+    if isolation == "namespaces":
+        return (
+            "Fix: allow user namespaces on this machine (see `sdlib doctor`), or use "
+            "isolation='auto', which falls back to Landlock and seccomp where they exist."
+        )
+    if isolation == "auto":
+        return (
+            "Fix: run `sdlib doctor` to see which layers this machine gives; "
+            "isolation='unprivileged' skips namespaces entirely."
+        )
+    return "Fix: run `sdlib doctor` to see which layers this machine gives."
+
+
+def missing_guarantees(isolation: dict) -> dict[str, str]:
+    """Guarantee -> what is not contained and how to get it (empty: everything contained)."""
+    return dict(isolation.get("missing", {}))
+
+
+def check_guarantees(isolation: dict, required: Sequence[str]) -> None:
+    """Refuse to run where a guarantee the run requires is missing (``sandbox.require``)."""
+    missing = missing_guarantees(isolation)
+    lacking = [name for name in required if name in missing]
+    if lacking:
+        raise SandboxUnavailable(
+            "this machine cannot give the sandbox guarantees this run requires "
+            f"(sandbox.require: {list(required)}):\n"
+            + "\n".join(f"  - {name}: {missing[name]}" for name in lacking)
+            + f"\n  layers in force: {', '.join(isolation.get('layers', []))}"
+            + (
+                f"\n  namespaces: {isolation['why_not_namespaces']}"
+                if isolation.get("why_not_namespaces")
+                else ""
+            )
+            + "\nFix: run on a machine that gives them (`sdlib doctor` tells), or, knowing "
+            "that model-written code could then reach your files, remove them from "
+            "sandbox.require."
+        )
+
+
+_WARNED: set[str] = set()
+
+
+def isolation_warning(isolation: dict) -> str | None:
+    """The one warning to show before untrusted code runs on a weakened sandbox."""
+    missing = missing_guarantees(isolation)
+    if not missing:
+        return None
+    lines = [
+        "WARNING: the sandbox is weakened on this machine "
+        f"(layers in force: {', '.join(isolation.get('layers', []))}):"
+    ]
+    lines += [f"  - {name}: {text}" for name, text in missing.items()]
+    if isolation.get("why_not_namespaces"):
+        lines.append(f"  (namespaces: {isolation['why_not_namespaces']})")
+    lines.append(
+        "  Model-written programs could act on what is listed. `sdlib doctor` checks this "
+        "machine; sandbox.require: [filesystem, network] makes a run refuse instead."
+    )
+    return "\n".join(lines)
+
+
+def warn_if_weakened(isolation: dict) -> None:
+    """Print the warning once per process (every stage opens a sandbox)."""
+    text = isolation_warning(isolation)
+    if text and text not in _WARNED:
+        _WARNED.add(text)
+        print(text, file=sys.stderr, flush=True)
 
 
 def problem_message(problem: Problem) -> dict:
@@ -130,38 +243,63 @@ class _Worker:
             self._uid_lock = None
 
     def start(self) -> None:
-        uid = self.uid
+        reply = self._spawn(self.config.isolation)
+        if reply is not None and "fatal" in reply and self.config.isolation == "auto":
+            # The kernel gave namespaces but not what the new root needs (pivot_root refused
+            # by a container, say): fall back to the unprivileged layers, and say why.
+            why = reply["fatal"]
+            reply = self._spawn("unprivileged")
+            if reply is not None and "isolation" in reply:
+                reply["isolation"]["why_not_namespaces"] = why
+        if reply is None or "fatal" in reply:
+            why = (reply or {}).get("fatal") or "the worker did not start"
+            detail = self._stderr_tail()
+            self.stop()
+            raise SandboxUnavailable(
+                f"the sandbox (isolation={self.config.isolation!r}) could not start: {why}"
+                + (f"\nworker output:\n{detail}" if detail else "")
+                + f"\n{_fix_for(self.config.isolation)}"
+            )
+        self.isolation = reply["isolation"]
+
+    def _spawn(self, isolation: str) -> dict | None:
+        self.stop()
         cmd = [
             sys.executable,
             "-I",
             str(WORKER_SCRIPT),
             "--isolation",
-            self.config.isolation,
+            isolation,
             "--uid",
-            str(uid),
+            str(self.uid),
             "--nproc",
             str(self.config.nproc),
             "--tmpfs-mb",
             str(self.config.tmpfs_mb),
             "--output-mb",
             str(self.config.output_mb),
+            "--project-root",
+            str(PROJECT_ROOT),
         ]
+        self._stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             cmd,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            env=worker_environment(self.config.pass_env),
+            cwd="/",
             start_new_session=True,  # a program's killpg can never reach the caller
         )
         self.loaded = set()
-        reply = self.request({"op": "hello"}, timeout=30)
-        if reply is None or "fatal" in reply:
-            why = (reply or {}).get("fatal", "the worker did not start")
-            self.stop()
-            raise SandboxUnavailable(
-                f"sandbox isolation {self.config.isolation!r} is unavailable: {why}. "
-                "Use isolation='auto' to fall back to resource limits only."
-            )
-        self.isolation = reply["isolation"]
+        return self.request({"op": "hello"}, timeout=30)
+
+    def _stderr_tail(self, limit: int = 2000) -> str:
+        try:
+            self._stderr.seek(0)
+            return self._stderr.read().decode("utf-8", "replace")[-limit:].strip()
+        except (AttributeError, OSError, ValueError):
+            return ""
 
     def stop(self) -> None:
         if self.proc is None:
@@ -177,6 +315,10 @@ class _Worker:
             except OSError:
                 pass
         self.proc = None
+        stderr = getattr(self, "_stderr", None)
+        if stderr is not None:
+            stderr.close()
+            self._stderr = None
 
     def request(self, message: dict, timeout: float) -> dict | None:
         """Send one message and wait for its one-line reply; None if the worker died or hung."""
@@ -197,6 +339,12 @@ class _Worker:
         except ValueError:
             return None
 
+    def memory_mb(self) -> int:
+        """The job's address-space limit: in a mount namespace its temp folders live in RAM
+        and count against the same budget."""
+        private = self.isolation.get("private_tmpfs")
+        return self.config.memory_mb - (self.config.tmpfs_mb if private else 0)
+
     def run(
         self, problem: Problem, message: dict, program: str, mode: str, timeout: float
     ) -> dict | None:
@@ -210,7 +358,7 @@ class _Worker:
             "key": problem.key,
             "program": program,
             "timeout": timeout,
-            "memory_mb": self.config.memory_mb,
+            "memory_mb": self.memory_mb(),
             "mode": mode,
         }
         return self.request(job, timeout=timeout + 30)
@@ -232,9 +380,12 @@ class Sandbox:
         try:
             for i in range(self.config.n_workers()):
                 self._workers.append(_Worker(i, self.config))
+                if i == 0:
+                    check_guarantees(self._workers[0].isolation, self.config.require)
         except BaseException:
             self.close()
             raise
+        warn_if_weakened(self._workers[0].isolation)
         for worker in self._workers:
             self._idle.put(worker)
         self.restarts = 0

@@ -43,8 +43,8 @@ import os
 import resource
 import secrets
 import select
-import shutil
 import signal
+import stat
 import sys
 import time
 import traceback
@@ -52,6 +52,7 @@ import types
 import weakref
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sandbox_layers as layers  # noqa: E402
 import valuecodec  # noqa: E402
 
 del sys.path[0]
@@ -67,158 +68,70 @@ for _name in _PRELOAD:
 import collections  # noqa: E402
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
-MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
-PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
-PRIVATE_TMPFS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, PR_SET_DUMPABLE = 1, 38, 4
 # Bytes a runner may send back in one job: reports are small, reference outputs can be large.
 OUTPUT_CHANNEL_LIMIT = {"check": 64 << 20, "outputs": 2 << 30}
 _FINAL_EVENTS = ("done", "syntax", "fatal", "setup_failed")
 REPR_LIMIT = 400
 
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _check(result: int, what: str) -> None:
-    if result != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
-def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None):
-    enc = lambda s: s.encode() if s is not None else None  # noqa: E731
-    _check(_libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
-
-
-def _prctl(option: int, value: int) -> None:
-    _check(_libc.prctl(option, value, 0, 0, 0), "prctl")
+_prctl = layers.prctl
 
 
 # --------------------------------------------------------------------------- isolation ----
+# What each guarantee needs; the first layer found in force is named in the report.
+GUARANTEES = {
+    "filesystem": (("new-root", "landlock"), "writes, deletes and reads outside the job"),
+    "network": (("net-namespace", "seccomp"), "connections, loopback services included"),
+    "processes": (("pid-namespace", "landlock-scope"), "signals to and escapes from the job"),
+    "ipc": (("ipc-namespace", "seccomp"), "SysV shared memory and keyrings between jobs"),
+}
+HOW_TO_GET = {
+    "filesystem": "Linux >= 5.13 with Landlock enabled (lsm=landlock), or unprivileged user "
+    "namespaces (sysctl kernel.unprivileged_userns_clone=1 / user.max_user_namespaces > 0; "
+    "in Docker: --security-opt seccomp=unconfined, or run as root in the container)",
+    "network": "a kernel with seccomp filters (x86_64 or aarch64), or network namespaces",
+    "processes": "Landlock ABI >= 6 (Linux >= 6.12), or PID namespaces",
+    "ipc": "a kernel with seccomp filters, or IPC namespaces",
+}
 
 
-def enter_namespaces(tmpfs_mb: int) -> dict:
-    """Unshare mount, PID and network namespaces (plus a user namespace when not root)."""
-    info: dict = {"mode": "rlimits", "layers": ["rlimits", "fresh-cwd", "harness"]}
+def enter_namespaces() -> tuple[str, str]:
+    """Unshare mount, PID, network, IPC and UTS namespaces (plus a user namespace when not
+    root). Returns (mode, why not) with mode "rlimits" when the kernel refused."""
     uid, gid = os.getuid(), os.getgid()
+    flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
     try:
         if uid == 0:
-            _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET), "unshare")
-            info["mode"] = "namespaces"
-        else:
-            _check(
-                _libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET),
-                "unshare",
-            )
-            with open("/proc/self/setgroups", "w") as f:
-                f.write("deny")
-            with open("/proc/self/uid_map", "w") as f:
-                f.write(f"0 {uid} 1")
-            with open("/proc/self/gid_map", "w") as f:
-                f.write(f"0 {gid} 1")
-            info["mode"] = "userns"
+            layers._check(_libc.unshare(flags), "unshare")
+            return "namespaces", ""
+        layers._check(_libc.unshare(CLONE_NEWUSER | flags), "unshare")
+        with open("/proc/self/setgroups", "w") as f:
+            f.write("deny")
+        with open("/proc/self/uid_map", "w") as f:
+            f.write(f"0 {uid} 1")
+        with open("/proc/self/gid_map", "w") as f:
+            f.write(f"0 {gid} 1")
+        return "userns", ""
     except OSError as exc:
-        info["why_not_namespaces"] = str(exc)
-        return info
-    info["layers"] += ["pid-namespace", "net-namespace", "mount-namespace"]
-    _mount(None, "/", None, MS_REC | MS_PRIVATE, None)
-    private = []
-    for path in PRIVATE_TMPFS:
-        if os.path.isdir(path):
-            try:
-                _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"size={tmpfs_mb}m,mode=1777")
-                private.append(path)
-            except OSError as exc:
-                info.setdefault("warnings", []).append(str(exc))
-    info["private_tmpfs"] = private
-    if uid == 0:
-        info["exposed"] = _expose_interpreter(info)
-    info["read_only"] = _remount_read_only(set(private))
-    if info["read_only"]:
-        info["layers"].append("read-only-mounts")
-    return info
+        return "rlimits", str(exc)
 
 
-def _blocker(path: str) -> str | None:
-    """The first directory on the way to ``path`` that an unprivileged uid cannot enter."""
-    current = "/"
-    for part in [p for p in path.split("/") if p]:
-        current = os.path.join(current, part)
-        if not os.stat(current).st_mode & 0o001:
-            return current
-    return None
-
-
-def _expose_interpreter(info: dict) -> list[str]:
-    """Let the unprivileged runner import the whole standard library and site-packages.
-
-    Python may live under a directory others cannot enter (pyenv in /root, mode 700). Such a
-    directory is covered by an empty tmpfs in our mount namespace, and only the interpreter's
-    own folders are bound back at their paths: the runner can import ``threading`` or
-    ``numpy`` but still sees nothing else of that home directory.
-    """
-    wanted = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sys.exec_prefix)}
-    wanted |= {os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}
-    wanted = {p for p in wanted if not any(p != q and p.startswith(q + "/") for q in wanted)}
-    by_blocker: dict[str, list[str]] = {}
-    for path in sorted(wanted):
-        blocker = _blocker(path)
-        if blocker is None:
-            continue
-        if blocker == path:
-            info.setdefault("warnings", []).append(f"{path} is not readable by the sandbox uid")
-            continue
-        by_blocker.setdefault(blocker, []).append(path)
-    exposed = []
-    for blocker, paths in by_blocker.items():
-        fds = {path: os.open(path, os.O_PATH | os.O_DIRECTORY) for path in paths}
-        try:
-            _mount("tmpfs", blocker, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
-            for path, fd in fds.items():
-                os.makedirs(path, mode=0o755, exist_ok=True)
-                _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC, None)
-                exposed.append(path)
-        except OSError as exc:
-            info.setdefault("warnings", []).append(f"could not expose {paths}: {exc}")
-        finally:
-            for fd in fds.values():
-                os.close(fd)
-    return exposed
-
-
-def _remount_read_only(skip: set[str]) -> list[str]:
-    """Make every other mount read-only inside our mount namespace (best effort)."""
-    flag_map = {
-        os.ST_NOSUID: MS_NOSUID,
-        os.ST_NODEV: MS_NODEV,
-        os.ST_NOEXEC: MS_NOEXEC,
-        os.ST_NOATIME: MS_NOATIME,
-        os.ST_NODIRATIME: MS_NODIRATIME,
-        getattr(os, "ST_RELATIME", 4096): MS_RELATIME,
-    }
-    done = []
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4] for line in f]
-    for point in points:
-        if point in skip or point.startswith(("/proc", "/sys", "/dev")) and point != "/dev/shm":
-            continue
-        if point == "/dev/shm":
-            continue
-        try:
-            st = os.statvfs(point)
-            flags = MS_REMOUNT | MS_BIND | MS_RDONLY
-            for st_flag, ms_flag in flag_map.items():
-                if st.f_flag & st_flag:
-                    flags |= ms_flag
-            _mount(None, point, None, flags, None)
-            done.append(point)
-        except OSError:
-            continue
-    return done
+def judge_guarantees(info: dict) -> None:
+    """Which guarantees the layers in force give, and for each missing one how to get it."""
+    have = set(info["layers"])
+    info["contains"] = {}
+    info["missing"] = {}
+    for name, (needs, what) in GUARANTEES.items():
+        by = [layer for layer in needs if layer in have]
+        info["contains"][name] = by[0] if by else None
+        if not by:
+            info["missing"][name] = f"{what} are not contained; to contain them: {HOW_TO_GET[name]}"
 
 
 # ----------------------------------------------------------------------------- harness ----
@@ -619,7 +532,7 @@ def run_tests(fd: int, nonce: str, program: str, spec: dict, mode: str) -> None:
 class Zygote:
     """Serves jobs one at a time; forks a runner per job and cleans up after it."""
 
-    def __init__(self, info: dict, sandbox_uid: int, nproc: int, output_mb: int):
+    def __init__(self, info: dict, sandbox_uid: int, nproc: int, output_mb: int, scratch: str):
         self.info = info
         self.namespaced = info["mode"] != "rlimits"
         self.drop_to = sandbox_uid if (os.getuid() == 0 and sandbox_uid > 0) else None
@@ -630,6 +543,14 @@ class Zygote:
         self.output_bytes = output_mb << 20
         self.problems: collections.OrderedDict = collections.OrderedDict()
         self._runner_status: int | None = None
+        # Where a job may write: the private temp folders, or (without a mount namespace) a
+        # scratch folder of this worker's; the job's own directory is ``job`` inside it.
+        self.scratch = scratch
+        self.wiped = [*layers.PRIVATE_TMP] if self.namespaced else [scratch]
+        self.workdir = os.path.join("/tmp" if self.namespaced else scratch, "job")
+        self.tmpdir = "/tmp" if self.namespaced else os.path.join(scratch, "tmp")
+        self.landlock: layers.Landlock | None = None
+        self.seccomp: layers.Seccomp | None = None
         if not self.namespaced:
             _prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans come back to us to be killed
 
@@ -637,19 +558,15 @@ class Zygote:
     def _runner(self, fd: int, nonce: str, program: str, spec: dict, job: dict) -> None:
         gc.disable()  # a short-lived runner: no collections, so fewer pages copied after fork
         os.setsid()
-        if self.namespaced:
-            workdir_root = "/tmp"
-        else:
-            workdir_root = job["workdir"]
         try:
             if self.drop_to is not None:
                 os.setgroups([])
                 os.setgid(self.drop_to)
                 os.setuid(self.drop_to)
             _prctl(PR_SET_NO_NEW_PRIVS, 1)
-            workdir = os.path.join(workdir_root, "job") if self.namespaced else workdir_root
-            os.makedirs(workdir, exist_ok=True)
-            os.chdir(workdir)
+            os.chdir(self.workdir)
+            os.environ["HOME"] = self.workdir
+            os.environ["TMPDIR"] = self.tmpdir
             null = os.open(os.devnull, os.O_RDONLY)
             out = os.open("stdout.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             err = os.open("stderr.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -657,6 +574,8 @@ class Zygote:
             os.dup2(out, 1)
             os.dup2(err, 2)
             os.dup2(fd, 3)
+            if self.landlock is not None:
+                self.landlock.enter()
             os.closerange(4, 1 << 16)
             fd = 3
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # oversized writes fail, not kill
@@ -669,6 +588,8 @@ class Zygote:
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
             if self.drop_to is not None or self.namespaced:
                 resource.setrlimit(resource.RLIMIT_NPROC, (self.nproc, self.nproc))
+            if self.seccomp is not None:
+                self.seccomp.enter()
             sys.stdout = open(1, "w", closefd=False)
             sys.stderr = open(2, "w", closefd=False)
             sys.stdin = open(0, closefd=False)
@@ -690,12 +611,7 @@ class Zygote:
             return {"error": f"unknown problem key {job['key']!r}"}
         self.problems.move_to_end(job["key"])
         nonce = secrets.token_hex(16)
-        if not self.namespaced:
-            import tempfile
-
-            job["workdir"] = tempfile.mkdtemp(prefix="sdlib-")
-            if self.drop_to is not None:
-                os.chown(job["workdir"], self.drop_to, self.drop_to)
+        self._prepare_dirs()
         read_fd, write_fd = os.pipe()
         gc.freeze()  # objects so far stay out of the runner's collections: cheaper fork
         start = _perf()
@@ -719,9 +635,14 @@ class Zygote:
                 if ev.get("ev") == "test" and "out" in ev:
                     outputs[ev["i"]] = ev["out"]
             reply["outputs"] = outputs
-        if not self.namespaced:
-            shutil.rmtree(job["workdir"], ignore_errors=True)
         return reply
+
+    def _prepare_dirs(self) -> None:
+        """The job's own directory (and, without a mount namespace, its temp folder)."""
+        for path in {self.workdir, self.tmpdir} - set(layers.PRIVATE_TMP):
+            os.makedirs(path, exist_ok=True)
+            if self.drop_to is not None:
+                os.chown(path, self.drop_to, self.drop_to)
 
     def _collect(self, read_fd: int, pid: int, nonce: str, deadline: float, limit: int):
         """Read the runner's reports until it is done, dead, or out of time."""
@@ -803,17 +724,8 @@ class Zygote:
                 continue
             if got == pid:
                 status = st
-        if self.namespaced:
-            for path in self.info.get("private_tmpfs", ()):
-                for entry in os.listdir(path):
-                    full = os.path.join(path, entry)
-                    if os.path.isdir(full) and not os.path.islink(full):
-                        shutil.rmtree(full, ignore_errors=True)
-                    else:
-                        try:
-                            os.unlink(full)
-                        except OSError:
-                            pass
+        for path in self.wiped:
+            wipe(path)
         return status
 
     def _kill_descendants(self, pid: int) -> None:
@@ -944,6 +856,63 @@ class Zygote:
             wfile.flush()
 
 
+WIPE_DEPTH = 32  # deeper folders are moved up to the top before they are emptied
+
+
+def wipe(root: str) -> int:
+    """Empty ``root`` without recursion limits: a job can leave folders nested thousands
+    deep, unreadable modes, or millions of files. Returns the entries that would not go."""
+    try:
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return 0
+    moved = 0
+    stuck = 0
+
+    def remove(dir_fd: int, name: str, depth: int) -> None:
+        nonlocal moved, stuck
+        try:
+            is_dir = stat.S_ISDIR(os.lstat(name, dir_fd=dir_fd).st_mode)
+            if not is_dir:
+                os.unlink(name, dir_fd=dir_fd)
+                return
+            if depth >= WIPE_DEPTH:
+                moved += 1
+                os.rename(name, f".wipe-{moved}", src_dir_fd=dir_fd, dst_dir_fd=root_fd)
+                return
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+            except PermissionError:
+                os.chmod(name, 0o700, dir_fd=dir_fd)
+                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+            try:
+                try:
+                    os.fchmod(fd, 0o700)
+                except OSError:
+                    pass
+                for child in os.listdir(fd):
+                    remove(fd, child, depth + 1)
+            finally:
+                os.close(fd)
+            os.rmdir(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return
+        except OSError:
+            stuck += 1
+
+    try:
+        for _ in range(10_000):
+            names = os.listdir(root_fd)
+            before = stuck
+            for name in names:
+                remove(root_fd, name, 1)
+            if not names or stuck > before and len(os.listdir(root_fd)) >= len(names):
+                break
+    finally:
+        os.close(root_fd)
+    return stuck
+
+
 def _describe(test: dict, entry_point: str) -> str:
     if test["kind"] == "assert":
         text = test["code"].strip()
@@ -980,15 +949,108 @@ def _failure_feedback(verdict: dict, event: dict) -> str:
     return "\n".join(lines)
 
 
+def _blocker(path: str) -> str | None:
+    """The first folder on the way to ``path`` that other users cannot enter."""
+    current = "/"
+    for part in [p for p in path.split("/") if p]:
+        current = os.path.join(current, part)
+        if not os.stat(current).st_mode & 0o001:
+            return current
+    return None
+
+
+def _probe(landlock, seccomp) -> str:
+    """Enter the layers in a throw-away child: a layer that cannot be entered here is
+    dropped now, with the reason, rather than failing every job."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _prctl(PR_SET_NO_NEW_PRIVS, 1)
+            if landlock is not None:
+                landlock.enter()
+            if seccomp is not None:
+                seccomp.enter()
+        except BaseException:  # noqa: BLE001
+            os._exit(3)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return "" if os.waitstatus_to_exitcode(status) == 0 else "entering it failed"
+
+
+def setup_layers(args, info: dict) -> str:
+    """Build every layer this machine allows; returns the scratch folder jobs write in."""
+    import platform
+    import tempfile
+
+    info["kernel"] = platform.release()
+    readable = layers.readable_paths(args.project_root)
+    namespaced = info["mode"] != "rlimits"
+    if namespaced:
+        layers.build_new_root(readable, args.tmpfs_mb, info)
+        info["layers"] += ["mount-namespace", "new-root", "pid-namespace", "net-namespace"]
+        info["layers"] += ["ipc-namespace"] + (["fresh-proc"] if info["fresh_proc"] else [])
+        if info["mode"] == "userns":
+            layers.drop_capabilities()
+            info["layers"].append("no-capabilities")
+        scratch, writable = "/tmp", list(layers.PRIVATE_TMP)
+    else:
+        scratch = tempfile.mkdtemp(prefix="sdlib-worker-")
+        os.chmod(scratch, 0o711)
+        writable = [scratch]
+        info["scratch"] = scratch
+        if os.getuid() == 0 and args.uid > 0:
+            for path in readable:
+                blocker = _blocker(path)
+                if blocker:
+                    info.setdefault("warnings", []).append(
+                        f"{path} lies under {blocker}, which the sandbox uid cannot enter: "
+                        "programs can import only the modules the worker preloaded (mount "
+                        "namespaces bind it back; without them, install Python where others "
+                        "can read it)"
+                    )
+    _prctl(PR_SET_DUMPABLE, 0)  # our memory stays out of reach of same-uid processes
+    landlock = seccomp = None
+    if args.isolation != "none":
+        abi = layers.landlock_abi()
+        info["landlock_abi"] = abi
+        if abi:
+            extra = ["/proc"] if info.get("fresh_proc") else []
+            try:
+                landlock = layers.Landlock(abi, readable + extra, writable, devices=True)
+            except OSError as exc:
+                info["why_not_landlock"] = str(exc)
+        else:
+            info["why_not_landlock"] = (
+                f"kernel {info['kernel']} offers no Landlock (Linux >= 5.13 with lsm=landlock)"
+            )
+        if layers.seccomp_available():
+            seccomp = layers.Seccomp()
+        else:
+            info["why_not_seccomp"] = "no system-call table for this architecture"
+        if landlock is not None and (why := _probe(landlock, None)):
+            info["why_not_landlock"], landlock = why, None
+        if seccomp is not None and (why := _probe(None, seccomp)):
+            info["why_not_seccomp"], seccomp = why, None
+    if landlock is not None:
+        info["layers"] += landlock.layers
+    if seccomp is not None:
+        info["layers"].append("seccomp")
+    info["_landlock"], info["_seccomp"] = landlock, seccomp
+    return scratch
+
+
 def main() -> None:
     import argparse
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--isolation", choices=["auto", "namespaces", "none"], default="auto")
+    parser.add_argument(
+        "--isolation", choices=["auto", "namespaces", "unprivileged", "none"], default="auto"
+    )
     parser.add_argument("--uid", type=int, default=0)
     parser.add_argument("--nproc", type=int, default=64)
-    parser.add_argument("--tmpfs-mb", type=int, default=512)
+    parser.add_argument("--tmpfs-mb", type=int, default=256)
     parser.add_argument("--output-mb", type=int, default=16)
+    parser.add_argument("--project-root", default=os.path.dirname(os.path.dirname(__file__)))
     args = parser.parse_args()
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -999,18 +1061,22 @@ def main() -> None:
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)
-    if args.isolation == "none":
-        info = {
-            "mode": "rlimits",
-            "layers": ["rlimits", "fresh-cwd", "harness"],
-            "why_not_namespaces": "isolation=none was asked for",
-        }
+
+    def fatal(why: str) -> None:
+        wfile.write((json.dumps({"fatal": why}) + "\n").encode())
+        wfile.flush()
+        sys.exit(2)
+
+    info: dict = {"mode": "rlimits", "layers": ["rlimits", "clean-env", "harness"]}
+    if args.isolation in ("auto", "namespaces"):
+        mode, why = enter_namespaces()
+        info["mode"] = mode
+        if why:
+            info["why_not_namespaces"] = why
+            if args.isolation == "namespaces":
+                fatal(f"namespaces were required but {why}")
     else:
-        info = enter_namespaces(args.tmpfs_mb)
-        if args.isolation == "namespaces" and info["mode"] == "rlimits":
-            wfile.write((json.dumps({"fatal": info.get("why_not_namespaces", "")}) + "\n").encode())
-            wfile.flush()
-            sys.exit(2)
+        info["why_not_namespaces"] = f"isolation={args.isolation!r} was asked for"
     if info["mode"] != "rlimits":
         child = os.fork()  # becomes PID 1 of the new PID namespace
         if child:
@@ -1025,7 +1091,15 @@ def main() -> None:
             os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    Zygote(info, args.uid, args.nproc, args.output_mb).serve(rfile, wfile)
+    try:
+        scratch = setup_layers(args, info)
+    except OSError as exc:
+        fatal(f"building the {info['mode']} sandbox failed: {exc}")
+    landlock, seccomp = info.pop("_landlock"), info.pop("_seccomp")
+    judge_guarantees(info)
+    zygote = Zygote(info, args.uid, args.nproc, args.output_mb, scratch)
+    zygote.landlock, zygote.seccomp = landlock, seccomp
+    zygote.serve(rfile, wfile)
 
 
 if __name__ == "__main__":
