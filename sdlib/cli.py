@@ -27,6 +27,27 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir", default=None, help="benchmark files (default $SDLIB_DATA_DIR)")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    ev.add_argument(
+        "--isolation",
+        default="auto",
+        choices=["auto", "namespaces", "unprivileged", "none"],
+        help="sandbox isolation (default auto; see `sdlib doctor`)",
+    )
+    ev.add_argument(
+        "--require",
+        default="",
+        help="comma list of guarantees the machine must give or nothing runs: "
+        "filesystem,network,processes,ipc",
+    )
+
+    doc = sub.add_parser(
+        "doctor", help="what this machine's sandbox contains, checked by hostile programs"
+    )
+    doc.add_argument(
+        "--isolation", default="auto", choices=["auto", "namespaces", "unprivileged", "none"]
+    )
+    doc.add_argument("--json", action="store_true", help="print the report as JSON")
+
     rn = sub.add_parser("run", help="run a workbench's stage notebooks with papermill")
     rn.add_argument("params", metavar="PARAMS.yaml", help="run parameters (see params/)")
     rn.add_argument(
@@ -109,9 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         from .datafiles import DataFileMissing
         from .evaluate import main as evaluate_main
 
+        from .sandbox import SandboxUnavailable
+
         try:
             return evaluate_main(args)
-        except DataFileMissing as exc:
+        except (DataFileMissing, SandboxUnavailable, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     if args.command == "run":
@@ -133,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         return result.exit_code
     if args.command == "train":
         return train_main(args)
+    if args.command == "doctor":
+        from .doctor import main as doctor_main
+
+        return doctor_main(["--isolation", args.isolation] + (["--json"] if args.json else []))
     return 2
 
 

@@ -138,7 +138,16 @@ def evaluate_samples(
 
 
 def main(args) -> int:
-    config = SandboxConfig(timeout=args.timeout, memory_mb=args.memory_mb, workers=args.workers)
+    require = tuple(
+        name.strip() for name in getattr(args, "require", "").split(",") if name.strip()
+    )
+    config = SandboxConfig(
+        timeout=args.timeout,
+        memory_mb=args.memory_mb,
+        workers=args.workers,
+        isolation=getattr(args, "isolation", "auto"),
+        require=require,
+    )
     if not Path(args.samples).is_file():
         print(f"error: samples file {args.samples} does not exist", file=sys.stderr)
         return 2

@@ -62,9 +62,38 @@ class ModelSpec(Strict):
 
 
 class SandboxParams(Strict):
-    timeout: float = 10.0
-    memory_mb: int = 2048
-    workers: int = 0
+    timeout: float = 10.0  # seconds of wall time per program
+    memory_mb: int = 2048  # the job's memory budget, its private temp folders included
+    workers: int = 0  # 0 = one per core
+    tmpfs_mb: int = 256  # private /tmp of each worker (part of memory_mb)
+    # auto | namespaces | unprivileged | none (README, "The sandbox")
+    isolation: Literal["auto", "namespaces", "unprivileged", "none"] = "auto"
+    # Refuse to run where the machine cannot contain these (`sdlib doctor` tells).
+    require: list[Literal["filesystem", "network", "processes", "ipc"]] = Field(
+        default_factory=list
+    )
+
+    def config(self):
+        """The sandbox configuration these parameters describe."""
+        from .sandbox import SandboxConfig
+
+        return SandboxConfig(
+            timeout=self.timeout,
+            memory_mb=self.memory_mb,
+            workers=self.workers,
+            tmpfs_mb=self.tmpfs_mb,
+            isolation=self.isolation,
+            require=tuple(self.require),
+        )
+
+    @model_validator(mode="after")
+    def _sizes(self) -> SandboxParams:
+        if not 0 < self.tmpfs_mb <= self.memory_mb // 2:
+            raise ValueError(
+                f"sandbox.tmpfs_mb={self.tmpfs_mb} must be between 1 and half of "
+                f"sandbox.memory_mb={self.memory_mb}"
+            )
+        return self
 
 
 class CollectParams(Strict):

@@ -12,12 +12,11 @@ from .collect import collect_dir, sample_initial, sample_refinements, wrong_solu
 from .default_model import DISCLAIMER
 from .params import RunParams
 from .resumable import ResumableLog, read_committed
-from .sandbox import Sandbox, SandboxConfig
+from .sandbox import Sandbox
 
 
 def sandbox_for(params: RunParams) -> Sandbox:
-    s = params.sandbox
-    return Sandbox(SandboxConfig(timeout=s.timeout, memory_mb=s.memory_mb, workers=s.workers))
+    return Sandbox(params.sandbox.config())
 
 
 def record_sandbox(run_dir: Path, sandbox: Sandbox) -> None:

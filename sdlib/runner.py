@@ -30,7 +30,7 @@ import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -287,11 +287,40 @@ def run(
                         flush=True,
                     )
 
+    if any(todo for _, todo, _ in plan):
+        check_sandbox(params)
     run_dir.mkdir(parents=True, exist_ok=True)
     with _run_lock(run_dir):
         return _execute(
             params, params_file, plan, notebook_of, run_dir, project_root, kernel, force, hashes
         )
+
+
+def check_sandbox(params: RunParams) -> dict[str, Any]:
+    """Before any stage runs: refuse a machine that lacks a required guarantee, and say once,
+    on the terminal, what a weakened sandbox leaves uncontained (the notebooks' own output is
+    not where a user looks first)."""
+    from .sandbox import (
+        Sandbox,
+        SandboxUnavailable,
+        check_guarantees,
+        isolation_warning,
+        warn_if_weakened,
+    )
+
+    config = params.sandbox.config()
+    try:
+        with Sandbox(replace(config, workers=1, require=())) as probe:
+            isolation = probe.isolation
+    except SandboxUnavailable as exc:
+        raise RunError(str(exc)) from None
+    try:
+        check_guarantees(isolation, config.require)
+    except SandboxUnavailable as exc:
+        raise RunError(str(exc)) from None
+    if isolation_warning(isolation):
+        warn_if_weakened(isolation)
+    return isolation
 
 
 def _results_of(run_dir: Path) -> list[tuple[str, Path]]:
