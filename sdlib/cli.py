@@ -129,7 +129,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "evaluate":
         from .datafiles import DataFileMissing
         from .evaluate import main as evaluate_main
-
         from .sandbox import SandboxUnavailable
 
         try:

@@ -130,9 +130,6 @@ def build_new_root(readable: list[str], tmpfs_mb: int, info: dict) -> None:
     try:
         for path, target in links.items():
             os.symlink(target, new + path)
-        for path, fd in sorted(fds.items()):
-            os.makedirs(new + path, mode=0o755, exist_ok=True)
-            mount(f"/proc/self/fd/{fd}", new + path, None, MS_BIND | MS_REC, None)
         os.makedirs(new + "/dev", mode=0o755)
         mount("tmpfs", new + "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,mode=0755")
         for name, fd in devices.items():
@@ -164,6 +161,11 @@ def build_new_root(readable: list[str], tmpfs_mb: int, info: dict) -> None:
         except OSError as exc:  # a container that masks parts of its /proc refuses this
             info["fresh_proc"] = False
             warnings.append(f"no fresh /proc ({exc}); /proc stays empty")
+        # Last, so that a project or venv under /tmp or /dev/shm sits on top of the private
+        # folders rather than under them.
+        for path, fd in sorted(fds.items()):
+            os.makedirs(new + path, mode=0o755, exist_ok=True)
+            mount(f"/proc/self/fd/{fd}", new + path, None, MS_BIND | MS_REC, None)
         old = new + "/.oldroot"
         os.makedirs(old)
         _check(_libc.syscall(_SYSCALLS["pivot_root"], new.encode(), old.encode()), "pivot_root")

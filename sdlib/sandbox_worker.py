@@ -866,15 +866,19 @@ def wipe(root: str) -> int:
         root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
         return 0
+    device = os.fstat(root_fd).st_dev
     moved = 0
     stuck = 0
 
     def remove(dir_fd: int, name: str, depth: int) -> None:
         nonlocal moved, stuck
         try:
-            is_dir = stat.S_ISDIR(os.lstat(name, dir_fd=dir_fd).st_mode)
-            if not is_dir:
+            info = os.lstat(name, dir_fd=dir_fd)
+            if not stat.S_ISDIR(info.st_mode):
                 os.unlink(name, dir_fd=dir_fd)
+                return
+            if info.st_dev != device:
+                stuck += 1  # a folder bound in (a venv under /tmp): never ours to empty
                 return
             if depth >= WIPE_DEPTH:
                 moved += 1
