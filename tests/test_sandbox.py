@@ -15,13 +15,14 @@ import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from sdlib.problems import Problem
 from sdlib.problems import TestCase as Case
-from sdlib.sandbox import Sandbox, SandboxConfig, SandboxUnavailable
+from sdlib.sandbox import WORKER_ENV, Sandbox, SandboxConfig, SandboxUnavailable
 from sdlib.verdict import FEEDBACK_LIMIT
 
 NPROC = 32
@@ -868,3 +869,176 @@ def test_programs_import_any_installed_module_but_see_no_home(sandbox):
             problem("home", "f", *asserts(f"assert not set(f()) & set({others!r})")), check
         )
         assert seen.status == "pass", seen.feedback
+
+
+# ------------------------------------------------- the same hostile programs without namespaces ----
+# What a container that refuses namespaces gives: Landlock, seccomp and resource limits.
+# Every hostile program must still fail and leave nothing behind. Two differ in how they
+# fail: without a private tmpfs the disk fill runs into the time limit (the files are
+# removed after the job), and /dev/shm is outside the job's writable folder.
+# kill(-1) spares its caller, and Landlock's scope leaves it nothing else to kill: the
+# correct ``add`` after it then passes, as it should.
+UNPRIVILEGED_ALSO = {
+    "disk-fill": {"timeout"},
+    "disk-fill-shm": {"error", "timeout"},
+    "kill-everything": {"pass"},
+}
+
+
+@pytest.fixture(scope="module")
+def unprivileged_sandbox():
+    with Sandbox(replace(HOSTILE, isolation="unprivileged")) as sb:
+        yield sb
+
+
+@pytest.mark.parametrize(
+    "name, prob, program, allowed", HOSTILE_PROGRAMS, ids=[h[0] for h in HOSTILE_PROGRAMS]
+)
+def test_hostile_without_namespaces(unprivileged_sandbox, outside, name, prob, program, allowed):
+    assert {"landlock", "seccomp"} <= set(unprivileged_sandbox.isolation["layers"])
+    before = sorted(p.name for p in outside.iterdir())
+    verdict = unprivileged_sandbox.run(prob, program)
+    assert verdict.status != "pass" or "pass" in UNPRIVILEGED_ALSO.get(name, set())
+    assert verdict.status in allowed | UNPRIVILEGED_ALSO.get(name, set()), (
+        verdict.status,
+        verdict.feedback,
+    )
+    assert leftovers() == []
+    assert sorted(p.name for p in outside.iterdir()) == before
+    assert (outside / "victim.txt").read_text() == "precious"
+
+
+def test_writes_and_deletes_outside_fail_without_namespaces(unprivileged_sandbox, outside):
+    test_writes_and_deletes_outside_fail(unprivileged_sandbox, outside)
+
+
+def test_loopback_is_refused_without_namespaces(unprivileged_sandbox):
+    test_loopback_connection_is_refused(unprivileged_sandbox)
+
+
+def test_killers_are_contained_without_namespaces(unprivileged_sandbox):
+    test_the_evaluator_survives_kills_and_answers_the_next_sample(unprivileged_sandbox)
+
+
+# ------------------------------------------------------------- secrets, answers, channels ----
+SECRET = "sk-SECRET-123"
+
+
+@pytest.fixture(scope="module", params=["auto", "unprivileged", "none"])
+def any_sandbox(request):
+    """A sandbox of each isolation level, started while the caller holds secrets."""
+    saved = {k: os.environ.get(k) for k in ("OPENAI_API_KEY", "HF_TOKEN", "AWS_SECRET_ACCESS_KEY")}
+    os.environ.update(OPENAI_API_KEY=SECRET, HF_TOKEN=SECRET, AWS_SECRET_ACCESS_KEY=SECRET)
+    try:
+        with Sandbox(replace(HOSTILE, isolation=request.param, workers=1)) as sb:
+            yield sb
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def test_no_secret_of_the_caller_reaches_a_program(any_sandbox):
+    leak = "import os\ndef add(a, b):\n    raise ValueError(os.environ.get('OPENAI_API_KEY'))\n"
+    verdict = any_sandbox.run(ADD, leak)
+    assert SECRET not in verdict.feedback + verdict.actual
+    listing = problem("env", "env", call([]))
+    allowed = set(WORKER_ENV) | {"HOME", "TMPDIR", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"}
+    allowed |= {"MKL_NUM_THREADS"}
+    program = (
+        "import os\ndef env():\n"
+        f"    return sorted(k for k in os.environ if k not in {sorted(allowed)!r})\n"
+    )
+    verdict = any_sandbox.run(listing, program)
+    assert verdict.status == "pass", verdict.actual  # nothing beyond the allow-list
+    home = problem("home", "home", call(True))
+    program = "import os\ndef home():\n    return os.environ['HOME'] == os.getcwd()\n"
+    assert any_sandbox.run(home, program).status == "pass"
+
+
+DATA_DIR = Path(
+    os.environ.get("SDLIB_DATA_DIR", Path(__file__).resolve().parents[2] / "shared/data")
+)
+
+
+@pytest.mark.parametrize("isolation", ["auto", "unprivileged"])
+def test_the_answers_are_out_of_reach(isolation):
+    """A program that finds its task in the benchmark file and runs the reference."""
+    import json
+
+    data = DATA_DIR / "mbpp.jsonl"
+    if not data.is_file():
+        pytest.skip(f"{data} is missing")
+    row = json.loads(data.read_text().splitlines()[10])
+    task = problem("mbpp-copy", "solve", *asserts(*[t for t in row["test_list"]]))
+    entry = row["test_list"][0].split("assert ")[1].split("(")[0].strip()
+    task = Problem("mbpp-copy", "unit", "test", "", "", entry, "", tests=task.tests)
+    copier = (
+        "import json\n"
+        f"for line in open({str(data)!r}):\n"
+        "    row = json.loads(line)\n"
+        f"    if row['task_id'] == {row['task_id']}:\n"
+        "        exec(row['code'])\n"
+    )
+    project_file = Path(__file__).resolve().parents[1] / "README.md"
+    reader = f"text = open({str(project_file)!r}).read()\ndef add(a, b):\n    return a + b\n"
+    with Sandbox(replace(HOSTILE, isolation=isolation, workers=1)) as sb:
+        assert sb.run(task, row["code"]).status == "pass"  # the reference itself passes
+        copied = sb.run(task, copier)
+        assert copied.status == "error" and copied.error_type in (
+            "FileNotFoundError",
+            "PermissionError",
+        ), copied.feedback
+        assert sb.run(ADD, reader).status == "error"  # the checkout is out of reach too
+
+
+def test_private_temp_folders_share_one_budget(sandbox):
+    """/tmp and /dev/shm are one tmpfs (counted against memory_mb): 2 x 40 MB cannot fit."""
+    program = (
+        "def add(a, b):\n"
+        "    for path in ('/tmp/a', '/dev/shm/b'):\n"
+        "        for i in range(14):  # files of 3 MB: output_mb caps one file at 4\n"
+        "            with open(f'{path}{i}', 'wb') as f:\n"
+        "                f.write(b'x' * (3 << 20))\n"
+        "    return a + b\n"
+    )
+    verdict = sandbox.run(ADD, program)
+    assert verdict.status == "error" and "No space left" in verdict.feedback, verdict.feedback
+    assert sandbox.isolation["limits"]["tmpfs_mb"] == HOSTILE.tmpfs_mb
+
+
+def test_deeply_nested_leftovers_are_wiped(sandbox):
+    deep = "import os\nfor _ in range(1500):\n    os.mkdir('d')\n    os.chdir('d')\n" + GOOD_ADD
+    restarts = sandbox.restarts
+    assert sandbox.run(ADD, deep).status == "pass"
+    probe = problem("left", "left", call([]))
+    checker = "import os\ndef left():\n    return sorted(set(os.listdir('/tmp')) - {'job'})\n"
+    assert sandbox.run(probe, checker).status == "pass"
+    assert sandbox.restarts == restarts
+
+
+def test_a_required_guarantee_refuses_a_weak_machine(capsys):
+    with pytest.raises(SandboxUnavailable) as info:
+        Sandbox(SandboxConfig(isolation="none", workers=1, require=("filesystem", "network")))
+    message = str(info.value)
+    assert "filesystem" in message and "network" in message and "Landlock" in message
+    assert "sdlib doctor" in message
+    with pytest.raises(ValueError, match="guarantees are"):
+        SandboxConfig(require=("everything",))
+
+
+def test_a_weakened_sandbox_warns_once(capsys):
+    import sdlib.sandbox as sandbox_module
+
+    sandbox_module._WARNED.clear()
+    for _ in range(2):
+        with Sandbox(SandboxConfig(isolation="none", workers=1)):
+            pass
+    err = capsys.readouterr().err
+    assert err.count("WARNING: the sandbox is weakened") == 1
+    assert "filesystem" in err and "sandbox.require" in err
+    with Sandbox(SandboxConfig(workers=1)) as strong:
+        assert strong.isolation["missing"] == {}
+    assert "WARNING" not in capsys.readouterr().err
