@@ -70,8 +70,8 @@ def human_eval_problem(problem: Problem) -> dict:
 _HE_TESTS: dict = {}
 
 
-def run_sdlib(samples, workers: int) -> tuple[list[bool], float]:
-    with Sandbox(SandboxConfig(timeout=TIMEOUT, workers=workers)) as sandbox:
+def run_sdlib(samples, workers: int, isolation: str = "auto") -> tuple[list[bool], float]:
+    with Sandbox(SandboxConfig(timeout=TIMEOUT, workers=workers, isolation=isolation)) as sandbox:
         start = time.perf_counter()
         verdicts = sandbox.run_many(samples)
         elapsed = time.perf_counter() - start
@@ -119,13 +119,76 @@ def run_evalplus(samples, workers: int) -> tuple[int, float]:
     return len(jobs), time.perf_counter() - start
 
 
+def layer_cost(jobs: int = 300) -> dict[str, float]:
+    """Microseconds a job spends entering Landlock and seccomp, measured in forked children
+    exactly as the worker does it (rulesets built once, one system call each per job)."""
+    import statistics
+    import struct
+    import tempfile
+
+    from sdlib import sandbox_layers as layers
+
+    root = str(Path(__file__).resolve().parents[1])
+    landlock = layers.Landlock(
+        layers.landlock_abi(), layers.readable_paths(root), [tempfile.mkdtemp()], True
+    )
+    seccomp = layers.Seccomp()
+    costs: dict[str, list[float]] = {"fork+exit": [], "landlock": [], "seccomp": []}
+    for _ in range(jobs):
+        read_fd, write_fd = os.pipe()
+        start = time.perf_counter()
+        pid = os.fork()
+        if pid == 0:
+            t0 = time.perf_counter()
+            layers.prctl(layers.PR_SET_NO_NEW_PRIVS, 1)
+            landlock.enter()
+            t1 = time.perf_counter()
+            seccomp.enter()
+            t2 = time.perf_counter()
+            os.write(write_fd, struct.pack("dd", t1 - t0, t2 - t1))
+            os._exit(0)
+        os.waitpid(pid, 0)
+        total = time.perf_counter() - start
+        a, b = struct.unpack("dd", os.read(read_fd, 16))
+        os.close(read_fd)
+        os.close(write_fd)
+        costs["landlock"].append(a)
+        costs["seccomp"].append(b)
+        costs["fork+exit"].append(total - a - b)
+    return {k: 1e6 * statistics.median(v) for k, v in costs.items()}
+
+
+def compare_isolation(samples, workers: int) -> None:
+    """Whole-run samples/s with every layer (auto), without the kernel layers Landlock and
+    seccomp and namespaces (none), and with Landlock + seccomp alone (unprivileged)."""
+    rates = {}
+    for isolation in ("auto", "unprivileged", "none"):
+        seconds = min(run_sdlib(samples, workers, isolation)[1] for _ in range(2))
+        rates[isolation] = len(samples) / seconds
+        per = 1e3 * seconds * workers / len(samples)
+        print(f"  isolation={isolation:<13}: {rates[isolation]:7.1f} samples/s ({per:.2f} ms/job)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None, help="use only the first N samples")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--skip-evalplus", action="store_true")
+    parser.add_argument("--layers-only", action="store_true", help="only the layers' cost")
     args = parser.parse_args()
+    cost = layer_cost()
+    print(
+        "per job, median of 300 forked children: "
+        + ", ".join(f"{name} {micro:.1f} us" for name, micro in cost.items())
+    )
     samples = build_samples(args.limit)
+    if args.layers_only:
+        quick = [
+            s for s, v in zip(samples, run_sdlib(samples, args.workers)[2]) if v.duration < FAST
+        ]
+        print(f"[{len(quick)} harness-bound samples, whole runs, best of 2]")
+        compare_isolation(quick, args.workers)
+        return
     _, _, verdicts = run_sdlib(samples, args.workers)
     kept = [s for s, v in zip(samples, verdicts) if v.status != "timeout"]
     quick = [s for s, v in zip(samples, verdicts) if v.status != "timeout" and v.duration < FAST]
