@@ -248,3 +248,24 @@ def test_update_manifest_merges_concurrent_writers(tmp_path):
         assert manifest["stages"][f"stage{i}"] == {f"f{j}": j for j in range(10)}
     assert manifest["stages"]["collect"] == {"status": "done"}
     assert not list(tmp_path.glob(".manifest.*.tmp"))
+
+
+def test_a_weak_sandbox_warns_in_the_terminal_or_refuses_before_any_stage(tmp_path):
+    write_notebook(notebook_path(tmp_path, "collect"), STAGE_BODY)
+    weak = {"isolation": "none"}
+    write_params(tmp_path / "warn.yaml", output_dir="outputs", stages=["collect"], sandbox=weak)
+    done = cli("run", "warn.yaml", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("WARNING: the sandbox is weakened") == 1
+    assert "filesystem" in done.stderr and "sandbox.require" in done.stderr
+    refuse = {"isolation": "none", "require": ["filesystem", "network"]}
+    write_params(
+        tmp_path / "refuse.yaml", output_dir="out2", stages=["collect"], sandbox=refuse
+    )
+    done = cli("run", "refuse.yaml", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "cannot give the sandbox guarantees" in done.stderr and "network" in done.stderr
+    assert not (tmp_path / "out2").exists()  # nothing ran
+    write_params(tmp_path / "bad.yaml", output_dir="o", sandbox={"require": ["everything"]})
+    done = cli("run", "bad.yaml", cwd=tmp_path)
+    assert done.returncode == 2 and "sandbox.require" in done.stderr
