@@ -12,6 +12,18 @@ from pathlib import Path
 from typing import Any
 
 
+def dumps_line(record: dict[str, Any]) -> str:
+    """One JSONL line. Text is written as UTF-8, except a record holding a lone surrogate
+    (a program's ``raise ValueError(chr(0xD800))``), which is written escaped: JSON allows
+    it, UTF-8 does not, and one such sample must not stop a run from writing its results."""
+    line = json.dumps(record, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(record)
+    return line + "\n"
+
+
 @dataclass
 class BadLine:
     line: int  # 1-based
@@ -87,14 +99,14 @@ class JsonlWriter:
             handle.truncate(cut)
 
     def write(self, record: dict[str, Any]) -> None:
-        self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._handle.write(dumps_line(record))
         self._handle.flush()
         if self.fsync:
             os.fsync(self._handle.fileno())
 
     def write_many(self, records: Iterable[dict[str, Any]]) -> None:
         for record in records:
-            self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self._handle.write(dumps_line(record))
         self._handle.flush()
         if self.fsync:
             os.fsync(self._handle.fileno())
@@ -116,7 +128,7 @@ def write_jsonl(path: str | os.PathLike[str], records: Iterable[dict[str, Any]])
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as handle:
         for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            handle.write(dumps_line(record))
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)

@@ -25,7 +25,7 @@ from typing import Any
 
 from . import valuecodec
 from .problems import Problem
-from .verdict import Verdict, cap
+from .verdict import STATUSES, Verdict, cap
 
 WORKER_SCRIPT = Path(__file__).with_name("sandbox_worker.py")
 # As root, each worker runs programs as a uid of its own from this range, claimed with an
@@ -491,11 +491,36 @@ class Sandbox:
         return results  # type: ignore[return-value]
 
 
+TEXT_BYTES = 4096  # bytes of one text field of a verdict, before the feedback cap
+
+
+def _text(value: object) -> str:
+    """Valid UTF-8, at most TEXT_BYTES: a lone surrogate or a huge message from a program
+    must not reach a JSONL writer or a prompt."""
+    text = value if type(value) is str else ("" if value is None else str(value))
+    data = text.encode("utf-8", "replace")[:TEXT_BYTES]
+    return data.decode("utf-8", "ignore")
+
+
 def _verdict(data: dict) -> Verdict:
-    """The worker's verdict, its feedback capped for a prompt (an exception message can be
-    megabytes)."""
-    verdict = Verdict.from_dict(data)
-    verdict.feedback = cap(verdict.feedback)
+    """The worker's verdict, type-checked field by field, its text made valid and capped
+    (an exception message can be megabytes), ``passed`` never above ``total``."""
+    status = data.get("status")
+    total = data.get("total") if type(data.get("total")) is int else 0
+    passed = data.get("passed") if type(data.get("passed")) is int else 0
+    duration = data.get("duration")
+    verdict = Verdict(
+        status=status if status in STATUSES else "sandbox_error",
+        passed=max(0, min(passed, total)),
+        total=max(0, total),
+        duration=float(duration) if type(duration) in (int, float) else 0.0,
+        feedback=cap(_text(data.get("feedback"))),
+        error_type=_text(data.get("error_type"))[:200],
+        failed_test=_text(data.get("failed_test")),
+        expected=_text(data.get("expected")),
+        actual=_text(data.get("actual")),
+        extra=data["extra"] if type(data.get("extra")) is dict else {},
+    )
     return verdict
 
 

@@ -77,6 +77,7 @@ PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, PR_SET_DUMPABLE = 1, 38, 4
 # Bytes a runner may send back in one job: reports are small, reference outputs can be large.
 OUTPUT_CHANNEL_LIMIT = {"check": 64 << 20, "outputs": 2 << 30}
 _FINAL_EVENTS = ("done", "syntax", "fatal", "setup_failed")
+EVENT_LINE_LIMIT = 1 << 20  # bytes of one report line when checking (outputs may be larger)
 REPR_LIMIT = 400
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -274,6 +275,8 @@ def _short(value) -> str:
         text = _repr(value)
     except BaseException as exc:  # a hostile __repr__
         text = f"<unprintable {_type(value).__name__}: {_type(exc).__name__}>"
+    if _type(text) is not str:  # a str subclass can lie about its length
+        text = "".join((text,))
     return text if _len(text) <= REPR_LIMIT else text[: REPR_LIMIT - 3] + "..."
 
 
@@ -649,6 +652,7 @@ class Zygote:
         events: list[dict] = []
         buffer = b""
         received = 0
+        line_limit = EVENT_LINE_LIMIT if limit == OUTPUT_CHANNEL_LIMIT["check"] else limit
         try:
             pidfd = os.pidfd_open(pid)
         except (AttributeError, OSError):
@@ -675,9 +679,11 @@ class Zygote:
                     buffer += chunk
                     *lines, buffer = buffer.split(b"\n")
                     for line in lines:
+                        if len(line) > line_limit:
+                            continue  # no report is this long: never parsed
                         try:
                             event = json.loads(line)
-                        except ValueError:
+                        except (ValueError, RecursionError):  # '[' x 200000 recurses
                             continue
                         if _isinstance(event, dict) and event.get("n") == nonce:
                             events.append(event)
@@ -764,7 +770,19 @@ class Zygote:
                     self._runner_status = status
 
     def _verdict(self, events, outcome, status, total, spec, duration) -> dict:
-        tests = [e for e in events if e.get("ev") == "test"]
+        # One report per test index, the first one wins: a forked clone that re-runs the
+        # harness loop, or a forged event, can never count a test twice (passed <= total).
+        first: dict[int, dict] = {}
+        ignored = 0
+        for event in events:
+            if event.get("ev") != "test":
+                continue
+            index = event.get("i")
+            if _type(index) is not int or not 0 <= index < total or index in first:
+                ignored += 1
+                continue
+            first[index] = _plain_event(event)
+        tests = [first[i] for i in sorted(first)]
         passed = sum(1 for e in tests if e.get("ok") is True)
         verdict = {
             "status": "pass",
@@ -772,7 +790,9 @@ class Zygote:
             "total": total,
             "duration": round(duration, 4),
         }
-        last = events[-1] if events else {}
+        if ignored:
+            verdict["extra"] = {"ignored_events": ignored}
+        last = _plain_event(events[-1]) if events else {}
         kind = last.get("ev")
         if kind == "syntax":
             return dict(
@@ -924,6 +944,22 @@ def _describe(test: dict, entry_point: str) -> str:
         args = ", ".join(_short(a) for a in test["inputs"])
         text = f"{entry_point}({args})"
     return text if len(text) <= 2 * REPR_LIMIT else text[: 2 * REPR_LIMIT - 3] + "..."
+
+
+_TEXT_FIELDS = ("etype", "msg", "expected", "actual", "where", "ev")
+EVENT_TEXT_LIMIT = 4000  # characters of one text field of an event; the verdict caps again
+
+
+def _plain_event(event: dict) -> dict:
+    """An event as the verdict may use it: known text fields as capped ``str``, whatever the
+    job wrote (null, a number, a list, megabytes)."""
+    clean = dict(event)
+    for key in _TEXT_FIELDS:
+        if key in clean:
+            value = clean[key]
+            text = value if _type(value) is str else ("" if value is None else _dumps(value))
+            clean[key] = text[:EVENT_TEXT_LIMIT]
+    return clean
 
 
 def _failure_status(event: dict) -> str:
