@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import valuecodec
+from . import harness, valuecodec
 from .problems import Problem
 from .verdict import STATUSES, Verdict, cap
 
@@ -41,6 +41,7 @@ GUARANTEES = ("filesystem", "network", "processes", "ipc")
 # needs to start and to read text. Keys and tokens (OPENAI_API_KEY, HF_TOKEN, ...) never pass.
 WORKER_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "LD_LIBRARY_PATH", "TZ")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+MAX_ROUNDS = 4  # further jobs for calls whose inputs depend on an earlier result
 
 
 @dataclass(frozen=True)
@@ -179,31 +180,6 @@ def warn_if_weakened(isolation: dict) -> None:
     if text and text not in _WARNED:
         _WARNED.add(text)
         print(text, file=sys.stderr, flush=True)
-
-
-def problem_message(problem: Problem) -> dict:
-    """The problem as a worker receives it, tests encoded with the value codec."""
-    tests = list(problem.wire_tests)
-    for test in problem.tests if not tests else ():
-        if test.kind == "assert":
-            tests.append({"kind": "assert", "code": test.code})
-        else:
-            tests.append(
-                {
-                    "kind": "call",
-                    "inputs": valuecodec.encode(list(test.inputs)),
-                    "expected": valuecodec.encode(test.expected),
-                    "oracle": test.oracle,
-                }
-            )
-    return {
-        "op": "problem",
-        "key": problem.key,
-        "entry_point": problem.entry_point,
-        "setup": problem.setup,
-        "atol": problem.atol,
-        "tests": tests,
-    }
 
 
 def _claim_uid() -> tuple[int, int]:
@@ -346,22 +322,33 @@ class _Worker:
         return self.config.memory_mb - (self.config.tmpfs_mb if private else 0)
 
     def run(
-        self, problem: Problem, message: dict, program: str, mode: str, timeout: float
+        self,
+        plan: harness.Plan,
+        program: str,
+        mode: str,
+        timeout: float,
+        calls: list[str] | None = None,
     ) -> dict | None:
-        if problem.key not in self.loaded:
-            reply = self.request(message, timeout=120)
+        key = plan.wire_key
+        if key not in self.loaded:
+            reply = self.request(self._problem_message(plan), timeout=120)
             if reply is None or not reply.get("ok"):
                 return None
-            self.loaded.add(problem.key)
+            self.loaded.add(key)
         job = {
             "op": "run",
-            "key": problem.key,
+            "key": key,
             "program": program,
             "timeout": timeout,
             "memory_mb": self.memory_mb(),
             "mode": mode,
         }
+        if calls is not None:
+            job["calls"] = [json.loads(c) for c in calls]
         return self.request(job, timeout=timeout + 30)
+
+    def _problem_message(self, plan: harness.Plan) -> dict:
+        return plan.message()
 
 
 class Sandbox:
@@ -373,7 +360,8 @@ class Sandbox:
 
     def __init__(self, config: SandboxConfig | None = None):
         self.config = config or SandboxConfig()
-        self._messages: dict[str, dict] = {}
+        self._plans: dict[str, harness.Plan] = {}
+        self._plan_count = 0
         self._lock = threading.Lock()
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._workers: list[_Worker] = []
@@ -405,53 +393,79 @@ class Sandbox:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _message(self, problem: Problem) -> dict:
+    def plan(self, problem: Problem) -> harness.Plan:
+        """The trusted side's plan of a problem's tests, made once per problem."""
         with self._lock:
-            message = self._messages.get(problem.key)
-            if message is None:
-                message = self._messages[problem.key] = problem_message(problem)
-            return message
+            plan = self._plans.get(problem.key)
+            if plan is None or plan.problem != problem:
+                plan = self._plans[problem.key] = harness.make_plan(problem)
+                self._plan_count += 1
+                plan.wire_key = f"{problem.key}#{self._plan_count}"  # a new version, re-sent
+            return plan
+
+    def _job(
+        self, worker: _Worker, plan: harness.Plan, program: str, mode: str, timeout: float,
+        calls: list[str] | None,
+    ) -> dict:  # fmt: skip
+        for _attempt in range(2):
+            reply = worker.run(plan, program, mode, timeout, calls)
+            if reply is not None and "end" in reply:
+                return reply
+            # The worker died, hung or refused: replace it and try once more.
+            worker.stop()
+            self.restarts += 1
+            worker.start()
+        detail = (reply or {}).get("error", "the sandbox worker died twice on this program")
+        return {"end": {"end": "setup_failed", "msg": detail}, "results": []}
 
     def _execute(
         self, problem: Problem, program: str, mode: str, timeout: float | None = None
-    ) -> dict:
-        message = self._message(problem)
+    ) -> tuple[dict, harness.Plan, dict]:
+        """Run the program's calls (in rounds where a test's inputs depend on an earlier
+        result) and decide each test here, outside the job."""
+        plan = self.plan(problem)
+        limit = timeout or self.timeout_for(problem)
         worker = self._idle.get()
         try:
-            for _attempt in range(2):
-                reply = worker.run(
-                    problem, message, program, mode, timeout or self.timeout_for(problem)
-                )
-                if reply is not None and "verdict" in reply:
-                    return reply
-                # The worker died, hung or refused: replace it and try once more.
-                worker.stop()
-                self.restarts += 1
-                worker.start()
-            detail = (reply or {}).get("error", "the sandbox worker died twice on this program")
-            return {
-                "verdict": {
-                    "status": "sandbox_error",
-                    "feedback": detail,
-                    "total": len(problem.tests),
-                }
-            }
+            reply = self._job(worker, plan, program, mode, limit, None)
+            results = {k: r for k, r in zip(plan.calls, reply["results"]) if r is not None}
+            end = reply["end"]
+            spent = end.get("duration", 0.0)
+            for _round in range(MAX_ROUNDS):
+                events, missing = harness.judge_tests(plan, results, mode)
+                if not missing or end.get("end") != "done" or spent >= limit:
+                    break
+                asked = sorted(missing)
+                reply = self._job(worker, plan, program, mode, limit - spent, asked)
+                results.update({k: r for k, r in zip(asked, reply["results"]) if r is not None})
+                end = dict(reply["end"], duration=spent + reply["end"].get("duration", 0.0))
+                spent = end["duration"]
+            else:
+                events, missing = harness.judge_tests(plan, results, mode)
         finally:
             self._idle.put(worker)
+        return harness.verdict_of(plan, events, end), plan, results
 
     def timeout_for(self, problem: Problem) -> float:
         return max(self.config.timeout, self.config.reference_factor * problem.reference_seconds)
 
     def run(self, problem: Problem, program: str, timeout: float | None = None) -> Verdict:
-        return _verdict(self._execute(problem, program, "check", timeout)["verdict"])
+        return _verdict(self._execute(problem, program, "check", timeout)[0])
 
     def reference_outputs(
         self, problem: Problem, program: str, timeout: float | None = None
     ) -> tuple[Verdict, list]:
         """Run a trusted reference and return its outputs for the ``call`` tests."""
-        reply = self._execute(problem, program, "outputs", timeout)
-        outputs = [None if o is None else valuecodec.decode(o) for o in reply.get("outputs", [])]
-        return _verdict(reply["verdict"]), outputs
+        verdict, plan, results = self._execute(problem, program, "outputs", timeout)
+        outputs = []
+        for test in plan.tests:
+            result = results.get(test.key) if isinstance(test, harness.CallTest) else None
+            if result is None or "v" not in result:
+                outputs.append(None)
+                continue
+            out = valuecodec.decode(result["v"])
+            outputs.append(out is not None if test.oracle == "not_none" else out)
+        return _verdict(verdict), outputs
 
     def run_many(
         self,

@@ -32,13 +32,11 @@ Protocol: one JSON object per line on stdin/stdout.
 
 from __future__ import annotations
 
-import ast
 import builtins
 import ctypes
 import gc
 import json
 import math
-import operator
 import os
 import resource
 import secrets
@@ -48,8 +46,6 @@ import stat
 import sys
 import time
 import traceback
-import types
-import weakref
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sandbox_layers as layers  # noqa: E402
@@ -135,303 +131,75 @@ def judge_guarantees(info: dict) -> None:
             info["missing"][name] = f"{what} are not contained; to contain them: {HOW_TO_GET[name]}"
 
 
-# ----------------------------------------------------------------------------- harness ----
-# Everything the harness needs is bound here, before any program runs, so that a program
-# that monkeypatches builtins or modules cannot change how results are judged.
-
-# The builtins of everything defined below are a private copy taken now: a program that
-# patches the ``builtins`` module (``builtins.bool = lambda x: True``) changes what it sees,
-# never what the harness calls. Programs run with the real module; tests with a fresh copy.
-_PRISTINE_BUILTINS = dict(builtins.__dict__)
-__builtins__ = dict(_PRISTINE_BUILTINS)
+# ------------------------------------------------------------------------------ runner ----
+# The job only runs the program and calls its functions on inputs the trusted side computed;
+# each result goes back as plain data. Nothing here decides a verdict: expected values,
+# comparisons and the counting of tests live in ``sdlib.harness``, outside the job.
 
 _type = type
-_len = len
-_repr = repr
-_isinstance = isinstance
-_flags_of = type.__dict__["__flags__"].__get__
-_mro_of = type.__dict__["__mro__"].__get__
-_dict_of = type.__dict__["__dict__"].__get__
-_HEAPTYPE = 1 << 9
-_IMMUTABLETYPE = 1 << 8  # builtin and extension types; never a class a program defines
-_PYTHON_CLASS = _HEAPTYPE | _IMMUTABLETYPE  # flags & this == _HEAPTYPE: a class statement
-# The special names a class may define without changing how its instances compare or compute
-# (any other, __eq__ or __sub__ or __round__ or __iter__, lets an object answer what a test
-# wants to hear: ``abs(candidate(x) - 3.0) < 1e-6`` with ``__sub__`` answering 0.0).
-_INERT_DUNDERS = frozenset(
-    "__module__ __qualname__ __doc__ __dict__ __weakref__ __slots__ __init__ __new__ __repr__ "
-    "__str__ __hash__ __match_args__ __getnewargs__ __annotations__ __annotate__ __orig_bases__ "
-    "__parameters__ __type_params__ __firstlineno__ __static_attributes__ __classcell__ "
-    "__init_subclass__ __class_getitem__ __set_name__ __reduce__ __reduce_ex__ __getstate__ "
-    "__setstate__ __copy__ __deepcopy__ __sizeof__ __abstractmethods__ __dataclass_fields__ "
-    "__dataclass_params__".split()
-)
-_CONTAINERS = (list, tuple, set, frozenset, collections.deque)
-# Counter is a Python class: a program could patch its comparison methods.
-_COUNTER_ORIGINALS = dict(collections.Counter.__dict__)
-_SCALARS = frozenset((int, float, str, bool, bytes, complex, type(None)))
-# Static types whose comparison forwards to an object they wrap.
-_FORWARDING = (*weakref.ProxyTypes, types.MappingProxyType)
 _os_write = os.write
 _os_exit = os._exit
 _dumps = json.dumps
-_encode = valuecodec.encode
 _perf = time.perf_counter
-_BINOPS = {
-    ast.Eq: operator.eq,
-    ast.NotEq: operator.ne,
-    ast.Lt: operator.lt,
-    ast.LtE: operator.le,
-    ast.Gt: operator.gt,
-    ast.GtE: operator.ge,
-    ast.Is: operator.is_,
-    ast.IsNot: operator.is_not,
-    ast.In: lambda a, b: a in b,
-    ast.NotIn: lambda a, b: a not in b,
-}
+
+
+class JobRef:
+    """An input that the problem's setup code defines in the job (``{"$ref": name}``)."""
+
+    def __init__(self, name: str):
+        self.name = name
 
 
 class NotPlain(Exception):
-    """A value's type can redefine equality or truth (the always-equal reward hack)."""
+    """A returned value that is not plain data (an object of a program's own class)."""
 
 
-def _check_plain(value) -> None:
-    """Accept builtin and extension values, recursively; refuse objects of a class a program
-    defined (a subclass of a builtin included) with special methods of its own, and wrappers
-    that compare as what they hold. Defeats ``__eq__`` hacks and their relatives."""
-    stack = [value]
-    seen = 0
-    while stack:
-        item = stack.pop()
-        seen += 1
-        if seen > 1_000_000:
-            return
-        klass = _type(item)
-        if klass in _SCALARS:
-            continue
-        mro = _mro_of(klass)
-        if klass is collections.Counter:
-            attrs = _dict_of(klass)
-            if _len(attrs) != _len(_COUNTER_ORIGINALS) or any(
-                attrs.get(name) is not value for name, value in _COUNTER_ORIGINALS.items()
-            ):
-                raise NotPlain("returned a Counter whose class was modified")
-        elif _flags_of(klass) & _PYTHON_CLASS == _HEAPTYPE:
-            for base in mro:
-                if _flags_of(base) & _PYTHON_CLASS != _HEAPTYPE:
-                    break
-                for name in _dict_of(base):
-                    if name[:2] == "__" and name[-2:] == "__" and name not in _INERT_DUNDERS:
-                        raise NotPlain(
-                            f"returned an object of class {klass.__name__} that defines "
-                            f"{name}; only plain values are compared"
-                        )
-        if klass in _FORWARDING or _is_object_array(mro, item):
-            raise NotPlain(
-                f"returned a {klass.__name__}, which compares as the objects it holds; "
-                "only plain values are compared"
-            )
-        # Walk containers with the builtin base's own methods: a subclass's __iter__,
-        # keys() or values() could hide what its comparison will look at.
-        for base in _CONTAINERS:
-            if base in mro:
-                stack.extend(base.__iter__(item))
-                break
-        else:
-            if dict in mro:
-                stack.extend(dict.keys(item))
-                stack.extend(dict.values(item))
+_SCALARS = (type(None), bool, int, float, str, bytes, complex)
+# A builtin's own methods (never a subclass's override) turn a subclass into plain data.
+_AS_BASE = {
+    int: int.__int__,
+    float: float.__float__,
+    str: str.__str__,
+    bytes: lambda b: bytes.__getitem__(b, slice(None)),
+    complex: complex.__complex__,
+}
+_SEQUENCES = {list: list, tuple: tuple, set: set, frozenset: frozenset}
 
 
-def _is_object_array(mro: tuple, item) -> bool:
-    """A numpy array of Python objects compares element by element with their __eq__."""
-    for base in mro:
-        if base.__name__ == "ndarray" and base.__module__ == "numpy":
-            return bool(base.__dict__["dtype"].__get__(item).hasobject)
-    return False
-
-
-def _check_outcome(outcome) -> None:
-    """A comparison of plain values answers a bool (numpy scalars: a numpy bool)."""
-    klass = _type(outcome)
-    if klass is bool or (klass.__module__ == "numpy" and klass.__name__ in ("bool_", "bool")):
-        return
-    raise NotPlain(f"a comparison answered a {klass.__name__}, not a bool")
-
-
-def _checked(function):
-    """The entry point as the tests call it: every value it returns must be plain."""
-
-    def candidate(*args, **kwargs):
-        value = function(*args, **kwargs)
-        _check_plain(value)
+def to_plain(value):
+    """The data a value holds, read with the builtin base types' own methods: exact builtin
+    types only, recursively. A subclass's overrides (``__eq__``, ``__iter__``, ``values``)
+    are never called, so what goes back is what it holds; anything else is refused."""
+    kind = _type(value)
+    if kind in _SCALARS:
         return value
-
-    return candidate
-
-
-def _short(value) -> str:
-    try:
-        text = _repr(value)
-    except BaseException as exc:  # a hostile __repr__
-        text = f"<unprintable {_type(value).__name__}: {_type(exc).__name__}>"
-    if _type(text) is not str:  # a str subclass can lie about its length
-        text = "".join((text,))
-    return text if _len(text) <= REPR_LIMIT else text[: REPR_LIMIT - 3] + "..."
-
-
-def _compile_test(test: dict) -> dict:
-    """Precompile an assert test in the zygote; split its final assert so that operands are
-    checked for plainness before they are compared."""
-    if test["kind"] != "assert":
-        test["inputs"] = valuecodec.decode(test["inputs"])
-        test["expected"] = valuecodec.decode(test.get("expected"))
-        return test
-    code = test["code"]
-    try:
-        tree = ast.parse(code)
-    except SyntaxError:
-        test["whole"] = None
-        return test
-    body = tree.body
-    last = body[-1] if body else None
-    prefix = ast.Module(body=body[:-1] if _isinstance(last, ast.Assert) else body, type_ignores=[])
-    test["prefix"] = compile(prefix, "<test>", "exec")
-    test["assert"] = None
-    if _isinstance(last, ast.Assert):
-        test["assert"] = _compile_expr(last.test)
-        test["msg"] = (
-            compile(ast.Expression(last.msg), "<test>", "eval") if last.msg is not None else None
-        )
-    return test
+    mro = _mro_of(kind)
+    for base, convert in _AS_BASE.items():
+        if base in mro:
+            return convert(value)
+    for base, make in _SEQUENCES.items():
+        if base in mro:
+            return make([to_plain(v) for v in base.__iter__(value)])
+    if dict in mro:
+        return {to_plain(k): to_plain(v) for k, v in dict.items(value)}
+    for base in mro:  # numpy scalars and arrays, by their own C methods
+        if base.__module__ == "numpy" and base.__name__ in ("generic", "ndarray"):
+            method = base.__dict__["item" if base.__name__ == "generic" else "tolist"]
+            return to_plain(method(value))
+    raise NotPlain(f"a {kind.__name__}")
 
 
-def _compile_expr(node: ast.expr) -> tuple:
-    """A small tree of compiled pieces: ('cmp', left, [(op, right)...]) | ('not', x) |
-    ('and'|'or', [xs]) | ('val', code)."""
-    if _isinstance(node, ast.Compare) and all(_type(op) in _BINOPS for op in node.ops):
-        left = compile(ast.Expression(node.left), "<test>", "eval")
-        rights = [
-            (_BINOPS[_type(op)], compile(ast.Expression(c), "<test>", "eval"))
-            for op, c in zip(node.ops, node.comparators)
-        ]
-        return ("cmp", left, rights)
-    if _isinstance(node, ast.UnaryOp) and _isinstance(node.op, ast.Not):
-        return ("not", _compile_expr(node.operand))
-    if _isinstance(node, ast.BoolOp):
-        kind = "and" if _isinstance(node.op, ast.And) else "or"
-        return (kind, [_compile_expr(v) for v in node.values])
-    return ("val", compile(ast.Expression(node), "<test>", "eval"))
+_mro_of = type.__dict__["__mro__"].__get__
 
 
-def _eval_checked(piece: tuple, ns: dict, report: dict):
-    """Evaluate a compiled assertion; every operand must be a plain value."""
-    kind = piece[0]
-    if kind == "val":
-        value = eval(piece[1], ns)
-        _check_plain(value)
-        return value
-    if kind == "not":
-        return not _eval_checked(piece[1], ns, report)
-    if kind in ("and", "or"):
-        result = None
-        for sub in piece[1]:
-            result = _eval_checked(sub, ns, report)
-            if (kind == "and") != bool(result):
-                return result
-        return result
-    left = eval(piece[1], ns)
-    _check_plain(left)
-    for op, right_code in piece[2]:
-        right = eval(right_code, ns)
-        _check_plain(right)
-        outcome = op(left, right)
-        _check_outcome(outcome)
-        if not outcome:
-            if op is operator.eq:
-                report["expected"], report["actual"] = _short(right), _short(left)
-            return False
-        left = right
-    return True
-
-
-def _is_floats(x) -> bool:
-    if _isinstance(x, float):
-        return True
-    if _isinstance(x, (list, tuple)) and x:
-        return all(_isinstance(i, float) for i in x)
-    return False
-
-
-def _allclose(out, exp, atol: float, rtol: float = 1e-07) -> bool:
-    """numpy.allclose for the scalars and flat sequences EvalPlus compares with it."""
-    outs = list(out) if _isinstance(out, (list, tuple)) else [out]
-    exps = list(exp) if _isinstance(exp, (list, tuple)) else [exp]
-    if _len(outs) != _len(exps):
-        return False
-    for a, b in zip(outs, exps):
-        if _isinstance(a, (list, tuple)) or _isinstance(b, (list, tuple)):
-            if not _allclose(a, b, atol, rtol):
-                return False
-            continue
-        a, b = float(a), float(b)
-        if math.isinf(a) or math.isinf(b):
-            if a != b:
-                return False
-        elif not abs(a - b) <= atol + rtol * abs(b):
-            return False
-    return True
-
-
-_ORACLES: dict = {}
-
-
-def _load_oracles() -> None:
-    """EvalPlus's special oracles, read from its file without importing the package."""
-    try:
-        import importlib.util
-
-        spec = importlib.util.find_spec("evalplus")
-        if spec is None or not spec.submodule_search_locations:
-            return
-        path = os.path.join(spec.submodule_search_locations[0], "eval", "_special_oracle.py")
-        namespace: dict = {}
-        with open(path) as f:
-            exec(compile(f.read(), path, "exec"), namespace)
-        _ORACLES.update(namespace)
-    except Exception:
-        return
-
-
-def _call_matches(out, exp, inputs, oracle: str, atol_state: list) -> bool:
-    """EvalPlus's comparison (evalplus.eval.unsafe_execute), oracles included."""
-    _check_plain(out)
-    if oracle == "poly_root":
-        return abs(_ORACLES["_poly"](*inputs, out)) <= atol_state[0]
-    exact = out == exp
-    _check_outcome(exact)
-    if oracle == "any":
-        exact = True
-    elif oracle == "sum_div":
-        exact = exact or out == 0
-    elif oracle == "surface_area":
-        exact = exact or abs(out - _ORACLES["_surface_Area"](*inputs)) <= atol_state[0]
-    elif oracle == "digit_distance":
-        exact = exact or out == _ORACLES["_digit_distance_nums"](*inputs)
-    elif oracle == "set_eq":
-        exact = set(out) == set(exp)
-    elif oracle == "not_none":
-        exact = out == exp if _isinstance(out, bool) else exp == (out is not None)
-    # EvalPlus keeps a float tolerance, once set, for the task's later inputs: so do we.
-    if atol_state[0] == 0 and _is_floats(exp):
-        atol_state[0] = 1e-6
-    if not exact and atol_state[0] != 0:
-        if _type(out) is not _type(exp):
-            return False
-        if _isinstance(exp, (list, tuple)) and _len(out) != _len(exp):
-            return False
-        return _allclose(out, exp, atol_state[0])
-    return bool(exact)
+def decode_call(call: list) -> tuple[str, list, dict]:
+    """[name, encoded args, encoded kwargs] -> the call as the runner makes it."""
+    name, args, kwargs = call
+    decoded = [
+        JobRef(a["$ref"]) if _type(a) is dict and "$ref" in a else valuecodec.decode(a)
+        for a in args
+    ]
+    return name, decoded, {k: valuecodec.decode(v) for k, v in kwargs.items()}
 
 
 def _error_line(exc: BaseException) -> str:
@@ -447,8 +215,8 @@ def _program_line(exc: BaseException) -> str:
     return ""
 
 
-def run_tests(fd: int, nonce: str, program: str, spec: dict, mode: str) -> None:
-    """In the runner: execute the program and its tests, reporting one line per event."""
+def run_calls(fd: int, nonce: str, program: str, spec: dict, calls: list, mode: str) -> None:
+    """In the runner: execute the program, then each call, reporting one line per event."""
 
     def send(event: dict) -> None:
         event["n"] = nonce
@@ -463,70 +231,43 @@ def run_tests(fd: int, nonce: str, program: str, spec: dict, mode: str) -> None:
     except (SyntaxError, ValueError, OverflowError, RecursionError, MemoryError) as exc:
         send({"ev": "syntax", "msg": _error_line(exc)})
         return
-    ns: dict = {"__builtins__": builtins}  # not the harness's private copy
-    entry = spec["entry_point"]
+    ns: dict = {"__builtins__": builtins}
     try:
         exec(code, ns)
         if spec.get("setup"):
             exec(spec["setup"], ns)
-        if entry not in ns:
-            raise NameError(f"name '{entry}' is not defined (the program must define {entry})")
-        ns["candidate"] = ns[entry]
     except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt included
         send({"ev": "fatal", "etype": _type(exc).__name__, "msg": _error_line(exc)})
         return
-    # The tests run in a namespace of their own: their builtins are a pristine copy (not names
-    # the program shadowed, ``def abs(x): return 0``, nor a patched ``builtins`` module), and
-    # whatever the entry point returns to them must be plain, even inside loops.
-    test_ns = {k: v for k, v in ns.items() if k == entry or k not in _PRISTINE_BUILTINS}
-    test_ns["__builtins__"] = dict(_PRISTINE_BUILTINS)
-    if not _isinstance(ns[entry], type):
-        test_ns[entry] = test_ns["candidate"] = _checked(ns[entry])
-    atol_state = [spec.get("atol") or 0.0]
-    for index, test in enumerate(spec["tests"]):
-        event: dict = {"ev": "test", "i": index}
+    for index, (name, args, kwargs) in enumerate(calls):
+        event: dict = {"ev": "call", "i": index}
         try:
-            if test["kind"] == "call":
-                out = ns[entry](*test["inputs"])
-                if mode == "outputs":
-                    if test.get("oracle") == "not_none":
-                        out = out is not None
-                    event["out"] = _encode(out)
-                    event["ok"] = True
-                elif _call_matches(
-                    out, test["expected"], test["inputs"], test.get("oracle", ""), atol_state
-                ):
-                    event["ok"] = True
-                else:
-                    event.update(ok=False, expected=_short(test["expected"]), actual=_short(out))
-            elif test.get("whole", 1) is None:
-                raise SyntaxError("the test itself does not compile")
-            else:
-                exec(test["prefix"], test_ns)
-                report: dict = {}
-                if test["assert"] is None or _eval_checked(test["assert"], test_ns, report):
-                    event["ok"] = True
-                else:
-                    event["ok"] = False
-                    event.update(report)
-                    if test.get("msg") is not None:
-                        event["msg"] = _short(eval(test["msg"], test_ns))
-        except NotPlain as exc:
-            event.update(ok=False, etype="NotPlain", msg=str(exc))
+            function = ns.get(name)
+            if function is None:
+                raise NameError(f"name '{name}' is not defined (the program must define {name})")
+            args = [ns[a.name] if _type(a) is JobRef else a for a in args]
+            out = function(*args, **kwargs)
+            try:
+                event["v"] = valuecodec.encode(to_plain(out))
+            except (NotPlain, valuecodec.UnsupportedValue, RecursionError) as exc:
+                what = exc.args[0] if _type(exc) is NotPlain else f"a {_type(out).__name__}"
+                event.update(
+                    etype="NotPlain",
+                    msg=f"{name} returned {what}, not plain data; only plain values are compared",
+                )
         except MemoryError:
-            event.update(ok=False, etype="MemoryError", msg="MemoryError")
+            event.update(etype="MemoryError", msg="MemoryError")
         except BaseException as exc:  # noqa: BLE001
-            event.update(ok=False, etype=_type(exc).__name__, msg=_error_line(exc))
+            event.update(etype=_type(exc).__name__, msg=_error_line(exc))
             where = _program_line(exc)
             if where:
                 event["where"] = where
         try:
             send(event)
         except BaseException as exc:  # noqa: BLE001 - e.g. an output too large to encode
-            event = {"ev": "test", "i": index, "ok": False, "etype": _type(exc).__name__}
-            event["msg"] = f"could not report the result: {_error_line(exc)}"
-            send(event)
-    send({"ev": "done", "tests": _len(spec["tests"])})
+            send({"ev": "call", "i": index, "etype": _type(exc).__name__,
+                  "msg": f"could not report the result: {_error_line(exc)}"})  # fmt: skip
+    send({"ev": "done"})
 
 
 # ------------------------------------------------------------------------------ zygote ----
@@ -603,7 +344,7 @@ class Zygote:
             )
             _os_exit(70)
         try:
-            run_tests(fd, nonce, program, spec, job["mode"])
+            run_calls(fd, nonce, program, spec, job["calls"], job["mode"])
         finally:
             _os_exit(0)
 
@@ -613,6 +354,8 @@ class Zygote:
         if spec is None:
             return {"error": f"unknown problem key {job['key']!r}"}
         self.problems.move_to_end(job["key"])
+        # The problem's own calls, or (a later round) the ones the trusted side asks for.
+        job["calls"] = [decode_call(c) for c in job["calls"]] if "calls" in job else spec["calls"]
         nonce = secrets.token_hex(16)
         self._prepare_dirs()
         read_fd, write_fd = os.pipe()
@@ -630,15 +373,7 @@ class Zygote:
         duration = _perf() - start
         os.close(read_fd)
         status = self._cleanup(pid)
-        verdict = self._verdict(events, outcome, status, len(spec["tests"]), spec, duration)
-        reply = {"verdict": verdict}
-        if job["mode"] == "outputs":
-            outputs = [None] * len(spec["tests"])
-            for ev in events:
-                if ev.get("ev") == "test" and "out" in ev:
-                    outputs[ev["i"]] = ev["out"]
-            reply["outputs"] = outputs
-        return reply
+        return self._report(events, outcome, status, len(job["calls"]), duration)
 
     def _prepare_dirs(self) -> None:
         """The job's own directory (and, without a mount namespace, its temp folder)."""
@@ -685,7 +420,7 @@ class Zygote:
                             event = json.loads(line)
                         except (ValueError, RecursionError):  # '[' x 200000 recurses
                             continue
-                        if _isinstance(event, dict) and event.get("n") == nonce:
+                        if _type(event) is dict and event.get("n") == nonce:
                             events.append(event)
                     if events and events[-1].get("ev") in _FINAL_EVENTS:
                         break
@@ -769,84 +504,47 @@ class Zygote:
                 if got == pid:
                     self._runner_status = status
 
-    def _verdict(self, events, outcome, status, total, spec, duration) -> dict:
-        # One report per test index, the first one wins: a forked clone that re-runs the
-        # harness loop, or a forged event, can never count a test twice (passed <= total).
-        first: dict[int, dict] = {}
+    def _report(self, events, outcome, status, n_calls, duration) -> dict:
+        """How the job ended and each call's result: one per call, the first report wins (a
+        forked clone re-running the loop, or a forged event, never counts twice)."""
+        results: list = [None] * n_calls
         ignored = 0
+        final = None
         for event in events:
-            if event.get("ev") != "test":
-                continue
-            index = event.get("i")
-            if _type(index) is not int or not 0 <= index < total or index in first:
+            kind = event.get("ev")
+            if kind == "call":
+                index = event.get("i")
+                if _type(index) is not int or not 0 <= index < n_calls or results[index]:
+                    ignored += 1
+                    continue
+                if "v" in event:
+                    results[index] = {"v": event["v"]}
+                else:
+                    results[index] = _plain_event(
+                        {k: event.get(k) for k in ("etype", "msg", "where") if k in event}
+                    )
+                    results[index].setdefault("etype", "Exception")
+            elif kind in _FINAL_EVENTS and final is None:
+                final = _plain_event(event)
+            else:
                 ignored += 1
-                continue
-            first[index] = _plain_event(event)
-        tests = [first[i] for i in sorted(first)]
-        passed = sum(1 for e in tests if e.get("ok") is True)
-        verdict = {
-            "status": "pass",
-            "passed": passed,
-            "total": total,
-            "duration": round(duration, 4),
-        }
-        if ignored:
-            verdict["extra"] = {"ignored_events": ignored}
-        last = _plain_event(events[-1]) if events else {}
-        kind = last.get("ev")
-        if kind == "syntax":
-            return dict(
-                verdict, status="syntax", error_type="SyntaxError", feedback=last.get("msg", "")
-            )
-        if kind == "setup_failed":
-            return dict(verdict, status="sandbox_error", feedback=last.get("msg", ""))
-        if kind == "fatal":
-            etype = last.get("etype", "")
-            status_name = "memory" if etype == "MemoryError" else "error"
-            return dict(verdict, status=status_name, error_type=etype, feedback=last.get("msg", ""))
-        failures = [e for e in tests if e.get("ok") is not True]
-        first = failures[0] if failures else None
-        if first is not None:
-            test = spec["tests"][first["i"]]
-            verdict["failed_test"] = _describe(test, spec["entry_point"])
-            verdict["expected"] = first.get("expected", "")
-            verdict["actual"] = first.get("actual", "")
-            verdict["error_type"] = first.get("etype", "")
-        if kind == "done" and len(tests) == total and not failures:
-            return verdict
-        if kind == "done":
-            return dict(
-                verdict, status=_failure_status(first), feedback=_failure_feedback(verdict, first)
-            )
-        if outcome == "timeout":
-            return dict(verdict, status="timeout", error_type="Timeout", feedback="Timeout")
-        if outcome == "flood":
-            return dict(
-                verdict,
-                status="crash",
-                error_type="OutputFlood",
-                feedback="the program flooded the harness channel",
-            )
-        if status is not None and os.WIFSIGNALED(status):
+        end: dict = {"duration": round(duration, 4), "ignored": ignored}
+        if final is not None and final["ev"] != "done":
+            end.update(end=final["ev"], etype=final.get("etype", ""), msg=final.get("msg", ""))
+        elif final is not None:
+            end["end"] = "done"
+        elif outcome in ("timeout", "flood"):
+            end["end"] = outcome
+        elif status is not None and os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
-            if sig == signal.SIGXCPU:
-                return dict(verdict, status="timeout", error_type="Timeout", feedback="Timeout")
             name = (
                 signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
             )
-            return dict(
-                verdict,
-                status="crash",
-                error_type=name,
-                feedback=f"the program was killed by signal {name}",
-            )
-        code = os.WEXITSTATUS(status) if status is not None and os.WIFEXITED(status) else None
-        return dict(
-            verdict,
-            status="crash",
-            error_type="EarlyExit",
-            feedback=f"the program exited (status {code}) before the tests finished",
-        )
+            end.update(end="signal", signal=name)
+        else:
+            code = os.WEXITSTATUS(status) if status is not None and os.WIFEXITED(status) else None
+            end.update(end="exit", code=code)
+        return {"end": end, "results": results}
 
     def serve(self, rfile, wfile) -> None:
         for line in rfile:
@@ -856,12 +554,10 @@ class Zygote:
                 if op == "hello":
                     reply = {"isolation": self.info, "pid": os.getpid()}
                 elif op == "problem":
-                    tests = [_compile_test(t) for t in msg["tests"]]
                     self.problems[msg["key"]] = {
                         "entry_point": msg["entry_point"],
                         "setup": msg.get("setup", ""),
-                        "atol": msg.get("atol", 0.0),
-                        "tests": tests,
+                        "calls": [decode_call(c) for c in msg["calls"]],
                     }
                     while len(self.problems) > 256:
                         self.problems.popitem(last=False)
@@ -937,15 +633,6 @@ def wipe(root: str) -> int:
     return stuck
 
 
-def _describe(test: dict, entry_point: str) -> str:
-    if test["kind"] == "assert":
-        text = test["code"].strip()
-    else:
-        args = ", ".join(_short(a) for a in test["inputs"])
-        text = f"{entry_point}({args})"
-    return text if len(text) <= 2 * REPR_LIMIT else text[: 2 * REPR_LIMIT - 3] + "..."
-
-
 _TEXT_FIELDS = ("etype", "msg", "expected", "actual", "where", "ev")
 EVENT_TEXT_LIMIT = 4000  # characters of one text field of an event; the verdict caps again
 
@@ -960,33 +647,6 @@ def _plain_event(event: dict) -> dict:
             text = value if _type(value) is str else ("" if value is None else _dumps(value))
             clean[key] = text[:EVENT_TEXT_LIMIT]
     return clean
-
-
-def _failure_status(event: dict) -> str:
-    etype = event.get("etype", "")
-    if not etype or etype in ("NotPlain",):
-        return "fail"
-    if etype == "MemoryError":
-        return "memory"
-    return "error"
-
-
-def _failure_feedback(verdict: dict, event: dict) -> str:
-    lines = [f"Failed test: {verdict.get('failed_test', '')}"]
-    if event.get("etype") and event["etype"] != "NotPlain":
-        lines.append(
-            event.get("msg", event["etype"])
-            + (f" ({event['where']})" if event.get("where") else "")
-        )
-    elif event.get("etype") == "NotPlain":
-        lines.append(event.get("msg", ""))
-    else:
-        if event.get("expected") or event.get("actual"):
-            lines.append(f"Expected: {event.get('expected', '')}")
-            lines.append(f"Actual: {event.get('actual', '')}")
-        if event.get("msg"):
-            lines.append(f"Message: {event['msg']}")
-    return "\n".join(lines)
 
 
 def _blocker(path: str) -> str | None:
@@ -1095,7 +755,6 @@ def main() -> None:
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
-    _load_oracles()
     rfile = os.fdopen(os.dup(0), "rb")
     wfile = os.fdopen(os.dup(1), "wb")
     devnull = os.open(os.devnull, os.O_RDWR)

@@ -259,9 +259,7 @@ def test_a_weak_sandbox_warns_in_the_terminal_or_refuses_before_any_stage(tmp_pa
     assert done.stderr.count("WARNING: the sandbox is weakened") == 1
     assert "filesystem" in done.stderr and "sandbox.require" in done.stderr
     refuse = {"isolation": "none", "require": ["filesystem", "network"]}
-    write_params(
-        tmp_path / "refuse.yaml", output_dir="out2", stages=["collect"], sandbox=refuse
-    )
+    write_params(tmp_path / "refuse.yaml", output_dir="out2", stages=["collect"], sandbox=refuse)
     done = cli("run", "refuse.yaml", cwd=tmp_path)
     assert done.returncode == 2
     assert "cannot give the sandbox guarantees" in done.stderr and "network" in done.stderr

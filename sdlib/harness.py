@@ -1,0 +1,646 @@
+"""The trusted half of judging: what a problem's tests ask of a program, and what its answers
+mean. Runs in the caller's process; never calls program code.
+
+A job (``sandbox_worker``) only executes the program and calls its functions on inputs that
+were computed here, returning each result as plain data (exact builtin types, or an error).
+Expected values, oracles, comparisons and the counting of tests never enter the job, so a
+program cannot read them, patch them or report a pass: it can only return values.
+
+* ``call`` tests (EvalPlus): the call is the test's inputs; the result is compared here.
+* ``assert`` tests (MBPP, HumanEval): the test code runs *here*, in a namespace of its own
+  (pristine builtins, a private ``random``, the benchmark's own helpers such as
+  ``encode_cyclic`` or ``poly``), with the program's functions replaced by proxies. A first
+  pass at planning time records the calls a test makes; the job computes them; a second pass
+  replays the test with the job's results and decides. A call the first pass could not
+  foresee (its inputs depend on an earlier result) is asked of the job in a further round.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import importlib.util
+import json
+import math
+import operator
+import os
+import random
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import valuecodec
+from .problems import Problem
+
+REPR_LIMIT = 400
+EVENT_TEXT_LIMIT = 4000
+_BINOPS = {
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.Is: operator.is_,
+    ast.IsNot: operator.is_not,
+    ast.In: lambda a, b: a in b,
+    ast.NotIn: lambda a, b: a not in b,
+}
+_BUILTIN_EXCEPTIONS = {
+    name: value
+    for name, value in vars(builtins).items()
+    if isinstance(value, type) and issubclass(value, Exception)
+}
+
+
+class ProgramError(Exception):
+    """The program raised, inside the job, an exception of a class that is not builtin."""
+
+
+class _Missing(Exception):
+    """A call this test needs has no result yet (its inputs depended on an earlier one)."""
+
+
+class _StopRecording(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Ref:
+    """An input that exists only in the job: a name the problem's setup code defines there
+    (MBPP 367/927 build trees of the program's own ``Node`` class)."""
+
+    name: str
+
+
+def call_key(name: str, args: tuple, kwargs: dict) -> str:
+    """The wire form of one call, also its identity: inputs as plain data."""
+    enc_args = [{"$ref": a.name} if isinstance(a, Ref) else valuecodec.encode(a) for a in args]
+    enc_kwargs = {k: valuecodec.encode(v) for k, v in kwargs.items()}
+    return json.dumps([name, enc_args, enc_kwargs])
+
+
+def short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= REPR_LIMIT else text[: REPR_LIMIT - 3] + "..."
+
+
+# ----------------------------------------------------------------------------- oracles ----
+
+_ORACLES: dict = {}
+
+
+def _oracles() -> dict:
+    """EvalPlus's special oracles, read from its file (no import of the package)."""
+    if not _ORACLES:
+        spec = importlib.util.find_spec("evalplus")
+        if spec is not None and spec.submodule_search_locations:
+            path = os.path.join(spec.submodule_search_locations[0], "eval", "_special_oracle.py")
+            namespace: dict = {}
+            with open(path) as f:
+                exec(compile(f.read(), path, "exec"), namespace)
+            _ORACLES.update(namespace)
+    return _ORACLES
+
+
+def _is_floats(x) -> bool:
+    if isinstance(x, float):
+        return True
+    if isinstance(x, (list, tuple)) and x:
+        return all(isinstance(i, float) for i in x)
+    return False
+
+
+def _allclose(out, exp, atol: float, rtol: float = 1e-07) -> bool:
+    """numpy.allclose for the scalars and flat sequences EvalPlus compares with it."""
+    outs = list(out) if isinstance(out, (list, tuple)) else [out]
+    exps = list(exp) if isinstance(exp, (list, tuple)) else [exp]
+    if len(outs) != len(exps):
+        return False
+    for a, b in zip(outs, exps):
+        if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+            if not _allclose(a, b, atol, rtol):
+                return False
+            continue
+        try:
+            a, b = float(a), float(b)
+        except (TypeError, ValueError, OverflowError):
+            return False
+        if math.isinf(a) or math.isinf(b):
+            if a != b:
+                return False
+        elif not abs(a - b) <= atol + rtol * abs(b):
+            return False
+    return True
+
+
+def call_matches(out, exp, inputs, oracle: str, atol_state: list) -> bool:
+    """EvalPlus's comparison (evalplus.eval.unsafe_execute), oracles included, on plain
+    values decoded from the job (they cannot run code)."""
+    if oracle == "poly_root":
+        return abs(_oracles()["_poly"](*inputs, out)) <= atol_state[0]
+    exact = out == exp
+    if oracle == "any":
+        exact = True
+    elif oracle == "sum_div":
+        exact = exact or out == 0
+    elif oracle == "surface_area":
+        exact = exact or abs(out - _oracles()["_surface_Area"](*inputs)) <= atol_state[0]
+    elif oracle == "digit_distance":
+        exact = exact or out == _oracles()["_digit_distance_nums"](*inputs)
+    elif oracle == "set_eq":
+        exact = set(out) == set(exp)
+    elif oracle == "not_none":
+        exact = out == exp if isinstance(out, bool) else exp == (out is not None)
+    # EvalPlus keeps a float tolerance, once set, for the task's later inputs: so do we.
+    if atol_state[0] == 0 and _is_floats(exp):
+        atol_state[0] = 1e-6
+    if not exact and atol_state[0] != 0:
+        if type(out) is not type(exp):
+            return False
+        if isinstance(exp, (list, tuple)) and len(out) != len(exp):
+            return False
+        return _allclose(out, exp, atol_state[0])
+    return bool(exact)
+
+
+# ------------------------------------------------------------------------ assert tests ----
+
+
+def _compile_expr(node: ast.expr) -> tuple:
+    """('cmp', left, [(op, right)...]) | ('not', x) | ('and'|'or', [xs]) | ('val', code):
+    the final assertion in pieces, so that a failed ``==`` can report both sides."""
+    if isinstance(node, ast.Compare) and all(type(op) in _BINOPS for op in node.ops):
+        left = compile(ast.Expression(node.left), "<test>", "eval")
+        rights = [
+            (_BINOPS[type(op)], compile(ast.Expression(c), "<test>", "eval"))
+            for op, c in zip(node.ops, node.comparators)
+        ]
+        return ("cmp", left, rights)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+        return ("not", _compile_expr(node.operand))
+    if isinstance(node, ast.BoolOp):
+        kind = "and" if isinstance(node.op, ast.And) else "or"
+        return (kind, [_compile_expr(v) for v in node.values])
+    return ("val", compile(ast.Expression(node), "<test>", "eval"))
+
+
+def _eval_piece(piece: tuple, ns: dict, report: dict):
+    kind = piece[0]
+    if kind == "val":
+        return eval(piece[1], ns)
+    if kind == "not":
+        return not _eval_piece(piece[1], ns, report)
+    if kind in ("and", "or"):
+        result = None
+        for sub in piece[1]:
+            result = _eval_piece(sub, ns, report)
+            if (kind == "and") != bool(result):
+                return result
+        return result
+    left = eval(piece[1], ns)
+    for op, right_code in piece[2]:
+        right = eval(right_code, ns)
+        if not op(left, right):
+            if op is operator.eq:
+                report["expected"], report["actual"] = short(right), short(left)
+            return False
+        left = right
+    return True
+
+
+@dataclass
+class AssertTest:
+    code: str
+    prefix: Any = None  # compiled statements before the final assert
+    final: tuple | None = None  # the final assert, in pieces
+    message: Any = None  # its message expression
+    broken: bool = False  # the test itself does not compile
+    calls: list[str] = field(default_factory=list)  # keys recorded by the first pass
+
+
+@dataclass
+class CallTest:
+    key: str
+    inputs: Any  # wire form (encoded), decoded on first use
+    expected: Any  # wire form (encoded), decoded on first use
+    oracle: str = ""
+    _decoded: tuple | None = None
+
+    def values(self) -> tuple:
+        if self._decoded is None:
+            self._decoded = (valuecodec.decode(self.inputs), valuecodec.decode(self.expected))
+        return self._decoded
+
+
+def _compile_assert(code: str) -> AssertTest:
+    test = AssertTest(code)
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        test.broken = True
+        return test
+    body = tree.body
+    last = body[-1] if body else None
+    prefix = body[:-1] if isinstance(last, ast.Assert) else body
+    test.prefix = compile(ast.Module(body=prefix, type_ignores=[]), "<test>", "exec")
+    if isinstance(last, ast.Assert):
+        test.final = _compile_expr(last.test)
+        if last.msg is not None:
+            test.message = compile(ast.Expression(last.msg), "<test>", "eval")
+    return test
+
+
+def _private_random():
+    """A ``random`` module of the tests' own: seeded per test, shared with nobody."""
+    spec = importlib.util.find_spec("random")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _called_names(code: str) -> set[str]:
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return set()
+    return {
+        n.func.id
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+    }
+
+
+def _assigned_names(code: str) -> set[str]:
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return set()
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+    return names
+
+
+class _Proxy:
+    """Stands for one of the program's functions inside the trusted test code."""
+
+    def __init__(self, name: str, plan: Plan, results: dict | None, seen: list):
+        self.name, self.plan, self.results, self.seen = name, plan, results, seen
+
+    def __call__(self, *args, **kwargs):
+        try:
+            key = call_key(self.plan.job_name(self.name), args, kwargs)
+        except (valuecodec.UnsupportedValue, TypeError, ValueError, RecursionError):
+            raise _StopRecording() from None
+        self.seen.append(key)
+        if self.results is None:  # first pass: record, answer nothing
+            return None
+        if key not in self.results:
+            raise _Missing(key)
+        result = self.results[key]
+        if "v" in result:
+            return valuecodec.decode(result["v"])
+        raise _program_exception(result)
+
+
+def _program_exception(result: dict) -> BaseException:
+    etype = result.get("etype") or "Exception"
+    message = result.get("msg") or etype
+    klass = _BUILTIN_EXCEPTIONS.get(etype)
+    if klass is not None and etype not in ("AssertionError",):
+        try:
+            exc = klass(message)
+        except Exception:  # noqa: BLE001
+            exc = ProgramError(message)
+    else:
+        exc = ProgramError(message)
+    exc.sdlib_result = result  # type: ignore[attr-defined]
+    return exc
+
+
+# ---------------------------------------------------------------------------------- plan ----
+
+
+@dataclass
+class Plan:
+    """Everything the trusted side knows about one problem's tests."""
+
+    problem: Problem
+    tests: list  # AssertTest | CallTest, in order
+    calls: list[str]  # the keys of the first round, in order (the job's wire form)
+    job_setup: str = ""  # setup code that must run in the job (it needs the program)
+    base: dict = field(default_factory=dict)  # the tests' namespace before each test
+    proxies: set[str] = field(default_factory=set)  # names the tests call that the program defines
+    random: Any = None
+    wire_key: str = ""  # the problem's name in a worker (a new plan gets a new one)
+
+    def job_name(self, name: str) -> str:
+        return self.problem.entry_point if name == "candidate" else name
+
+    def namespace(self, results: dict | None, seen: list, seed: int) -> dict:
+        ns = dict(self.base)
+        for name in self.proxies:
+            ns[name] = _Proxy(name, self, results, seen)
+        if self.random is not None:
+            self.random.seed(seed)
+        return ns
+
+    def message(self) -> dict:
+        """The problem as a worker receives it: no expected value, no test code."""
+        return {
+            "op": "problem",
+            "key": self.wire_key or self.problem.key,
+            "entry_point": self.problem.entry_point,
+            "setup": self.job_setup,
+            "calls": [json.loads(key) for key in self.calls],
+        }
+
+
+def make_plan(problem: Problem) -> Plan:
+    tests: list = []
+    calls: list[str] = []
+    seen_keys: set[str] = set()
+
+    def add(key: str) -> None:
+        if key not in seen_keys:
+            seen_keys.add(key)
+            calls.append(key)
+
+    wire = list(problem.wire_tests)
+    if not wire:
+        for test in problem.tests:
+            if test.kind == "call":
+                wire.append(
+                    {
+                        "kind": "call",
+                        "inputs": valuecodec.encode(list(test.inputs)),
+                        "expected": valuecodec.encode(test.expected),
+                        "oracle": test.oracle,
+                    }
+                )
+            else:
+                wire.append({"kind": "assert", "code": test.code})
+    plan = Plan(problem=problem, tests=tests, calls=calls)
+    if any(t["kind"] == "assert" for t in wire):
+        _prepare_namespace(plan, [t["code"] for t in wire if t["kind"] == "assert"])
+    for index, spec in enumerate(wire):
+        if spec["kind"] == "call":
+            key = json.dumps([problem.entry_point, spec["inputs"], {}])
+            tests.append(CallTest(key, spec["inputs"], spec["expected"], spec.get("oracle", "")))
+            add(key)
+            continue
+        test = _compile_assert(spec["code"])
+        tests.append(test)
+        if test.broken:
+            continue
+        seen: list[str] = []
+        ns = plan.namespace(None, seen, seed=index)
+        try:
+            exec(test.prefix, ns)
+            if test.final is not None:
+                _eval_piece(test.final, ns, {})
+        except BaseException:  # noqa: BLE001 - a first pass answers None to every call
+            pass
+        test.calls = seen
+        for key in seen:
+            add(key)
+    return plan
+
+
+def _prepare_namespace(plan: Plan, codes: list[str]) -> None:
+    """The tests' own namespace: pristine builtins, a private ``random``, the benchmark's
+    prompt (its helper functions) and setup; proxies for the program's functions."""
+    problem = plan.problem
+    private_random = _private_random()
+    pristine = dict(vars(builtins))
+    real_import = builtins.__import__
+
+    def tests_import(name, globals=None, locals=None, fromlist=(), level=0):
+        if name == "random":
+            return private_random
+        return real_import(name, globals, locals, fromlist, level)
+
+    pristine["__import__"] = tests_import
+    base: dict = {"__builtins__": pristine, "__name__": "__sdlib_tests__"}
+    if problem.prompt.strip():
+        try:
+            exec(compile(problem.prompt, "<prompt>", "exec"), base)
+        except BaseException:  # noqa: BLE001 - a prompt that is not runnable code
+            pass
+    setup_names: set[str] = set()
+    if problem.setup.strip():
+        try:
+            exec(compile(problem.setup, "<setup>", "exec"), base)
+        except BaseException:  # noqa: BLE001 - setup that needs the program (MBPP 367, 927)
+            plan.job_setup = problem.setup
+            setup_names = _assigned_names(problem.setup)
+            for name in setup_names:
+                base[name] = Ref(name)
+    called: set[str] = set()
+    for code in codes:
+        called |= _called_names(code) - _assigned_names(code)
+    proxies = {problem.entry_point, "candidate"}
+    for name in called:
+        if name in setup_names:
+            continue
+        if name not in base and name not in pristine:
+            proxies.add(name)  # another function the program must define
+    base["random"] = private_random
+    plan.base, plan.proxies, plan.random = base, proxies, private_random
+
+
+# --------------------------------------------------------------------------------- judge ----
+
+
+def _error_line(exc: BaseException) -> str:
+    text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__
+
+
+def _event_of_exception(exc: BaseException) -> dict:
+    result = getattr(exc, "sdlib_result", None)
+    if result is not None:  # raised by the program, in the job
+        event = {"ok": False, "etype": result.get("etype") or "Exception"}
+        event["msg"] = result.get("msg") or event["etype"]
+        if result.get("where"):
+            event["where"] = result["where"]
+        return event
+    return {"ok": False, "etype": type(exc).__name__, "msg": _error_line(exc)}
+
+
+def judge_tests(plan: Plan, results: dict, mode: str) -> tuple[list[dict | None], set[str]]:
+    """One event per test (None: its calls have no result, the job ended first) and the
+    calls still missing."""
+    events: list[dict | None] = []
+    missing: set[str] = set()
+    atol_state = [plan.problem.atol or 0.0]
+    for index, test in enumerate(plan.tests):
+        if isinstance(test, CallTest):
+            result = results.get(test.key)
+            if result is None:
+                events.append(None)
+                continue
+            if "v" not in result:
+                events.append(_event_of_exception(_program_exception(result)))
+                continue
+            if mode == "outputs":
+                events.append({"ok": True})
+                continue
+            inputs, expected = test.values()
+            out = valuecodec.decode(result["v"])
+            try:
+                ok = call_matches(out, expected, inputs, test.oracle, atol_state)
+            except Exception:  # noqa: BLE001 - e.g. set() of a returned unhashable list
+                ok = False
+            event = {"ok": bool(ok)}
+            if not ok:
+                event.update(expected=short(expected), actual=short(out))
+            events.append(event)
+            continue
+        if test.broken:
+            events.append({"ok": False, "etype": "SyntaxError", "msg": "the test does not compile"})
+            continue
+        if any(key not in results for key in test.calls):
+            absent = [key for key in test.calls if key not in results]
+            if all(key in plan.calls for key in absent):
+                events.append(None)  # the job ended before these calls
+                continue
+        seen: list[str] = []
+        ns = plan.namespace(results, seen, seed=index)
+        report: dict = {}
+        try:
+            exec(test.prefix, ns)
+            ok = True if test.final is None else bool(_eval_piece(test.final, ns, report))
+            event = {"ok": ok}
+            if not ok:
+                event.update(report)
+                if test.message is not None:
+                    event["msg"] = short(eval(test.message, ns))
+        except _Missing as need:
+            missing.add(need.args[0])
+            events.append(None)
+            continue
+        except _StopRecording:
+            event = {"ok": False, "etype": "TypeError", "msg": "a test input is not a plain value"}
+        except AssertionError:
+            event = {"ok": False}
+        except BaseException as exc:  # noqa: BLE001
+            event = _event_of_exception(exc)
+        events.append(event)
+    return events, missing
+
+
+def describe(test, entry_point: str) -> str:
+    if isinstance(test, AssertTest):
+        text = test.code.strip()
+    else:
+        args = ", ".join(short(a) for a in test.values()[0])
+        text = f"{entry_point}({args})"
+    return text if len(text) <= 2 * REPR_LIMIT else text[: 2 * REPR_LIMIT - 3] + "..."
+
+
+def _failure_status(event: dict) -> str:
+    etype = event.get("etype", "")
+    if not etype or etype == "NotPlain":
+        return "fail"
+    if etype == "MemoryError":
+        return "memory"
+    return "error"
+
+
+def _failure_feedback(verdict: dict, event: dict) -> str:
+    lines = [f"Failed test: {verdict.get('failed_test', '')}"]
+    if event.get("etype") and event["etype"] != "NotPlain":
+        lines.append(
+            event.get("msg", event["etype"])
+            + (f" ({event['where']})" if event.get("where") else "")
+        )
+    elif event.get("etype") == "NotPlain":
+        lines.append(event.get("msg", ""))
+    else:
+        if event.get("expected") or event.get("actual"):
+            lines.append(f"Expected: {event.get('expected', '')}")
+            lines.append(f"Actual: {event.get('actual', '')}")
+        if event.get("msg"):
+            lines.append(f"Message: {event['msg']}")
+    return "\n".join(lines)
+
+
+def verdict_of(plan: Plan, events: list[dict | None], end: dict) -> dict:
+    """The verdict from the trusted events and how the job ended (``end`` from the worker)."""
+    total = len(plan.tests)
+    judged = [e for e in events if e is not None]
+    passed = sum(1 for e in judged if e.get("ok") is True)
+    verdict: dict = {
+        "status": "pass",
+        "passed": passed,
+        "total": total,
+        "duration": end.get("duration", 0.0),
+    }
+    if end.get("ignored"):
+        verdict["extra"] = {"ignored_events": end["ignored"]}
+    kind = end.get("end")
+    if kind == "syntax":
+        return dict(verdict, status="syntax", error_type="SyntaxError", feedback=end.get("msg", ""))
+    if kind == "setup_failed":
+        return dict(verdict, status="sandbox_error", feedback=end.get("msg", ""))
+    if kind == "fatal":
+        etype = end.get("etype", "")
+        status = "memory" if etype == "MemoryError" else "error"
+        return dict(verdict, status=status, error_type=etype, feedback=end.get("msg", ""))
+    first_index = next(
+        (i for i, e in enumerate(events) if e is not None and e.get("ok") is not True), None
+    )
+    first = events[first_index] if first_index is not None else None
+    if first is not None:
+        verdict["failed_test"] = describe(plan.tests[first_index], plan.problem.entry_point)
+        verdict["expected"] = first.get("expected", "")
+        verdict["actual"] = first.get("actual", "")
+        verdict["error_type"] = first.get("etype", "")
+    if kind == "done" and len(judged) == total and first is None:
+        return verdict
+    if kind == "done":
+        if first is None:  # "done" before every call reported: a program that forged it
+            return dict(
+                verdict,
+                status="crash",
+                error_type="MissingReport",
+                feedback="the program ended its job before every test was run",
+            )
+        return dict(
+            verdict, status=_failure_status(first), feedback=_failure_feedback(verdict, first)
+        )
+    if kind == "timeout":
+        return dict(verdict, status="timeout", error_type="Timeout", feedback="Timeout")
+    if kind == "flood":
+        return dict(
+            verdict,
+            status="crash",
+            error_type="OutputFlood",
+            feedback="the program flooded the harness channel",
+        )
+    if kind == "signal":
+        name = end.get("signal", "")
+        if name == "SIGXCPU":
+            return dict(verdict, status="timeout", error_type="Timeout", feedback="Timeout")
+        return dict(
+            verdict,
+            status="crash",
+            error_type=name,
+            feedback=f"the program was killed by signal {name}",
+        )
+    return dict(
+        verdict,
+        status="crash",
+        error_type="EarlyExit",
+        feedback=f"the program exited (status {end.get('code')}) before the tests finished",
+    )
+
+
+def seeded_random_is_private() -> bool:
+    """The tests' ``random`` never touches the caller's (tests of the harness use this)."""
+    return _private_random() is not random
