@@ -343,8 +343,9 @@ class _Worker:
             "memory_mb": self.memory_mb(),
             "mode": mode,
         }
-        if calls is not None:
+        if calls is not None:  # a later round: these calls, every answer in full
             job["calls"] = [json.loads(c) for c in calls]
+            job["full"] = True
         return self.request(job, timeout=timeout + 30)
 
     def _problem_message(self, plan: harness.Plan) -> dict:
@@ -437,7 +438,11 @@ class Sandbox:
                     break
                 asked = sorted(missing)
                 reply = self._job(worker, plan, program, mode, limit - spent, asked)
-                results.update({k: r for k, r in zip(asked, reply["results"]) if r is not None})
+                for key, result in zip(asked, reply["results"]):
+                    if result is not None:
+                        results[key] = result
+                    else:
+                        results.pop(key, None)
                 end = dict(reply["end"], duration=spent + reply["end"].get("duration", 0.0))
                 spent = end["duration"]
             else:

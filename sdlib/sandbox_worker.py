@@ -35,6 +35,7 @@ from __future__ import annotations
 import builtins
 import ctypes
 import gc
+import hashlib
 import json
 import math
 import os
@@ -73,6 +74,7 @@ PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, PR_SET_DUMPABLE = 1, 38, 4
 # Bytes a runner may send back in one job: reports are small, reference outputs can be large.
 OUTPUT_CHANNEL_LIMIT = {"check": 64 << 20, "outputs": 2 << 30}
 _FINAL_EVENTS = ("done", "syntax", "fatal", "setup_failed")
+DIGEST_OVER = 16 << 10  # bytes of an encoded answer above which only its digest is sent
 EVENT_LINE_LIMIT = 1 << 20  # bytes of one report line when checking (outputs may be larger)
 REPR_LIMIT = 400
 
@@ -143,11 +145,8 @@ _dumps = json.dumps
 _perf = time.perf_counter
 
 
-class JobRef:
-    """An input that the problem's setup code defines in the job (``{"$ref": name}``)."""
-
-    def __init__(self, name: str):
-        self.name = name
+class _Reported(Exception):
+    """The event already holds the answer."""
 
 
 class NotPlain(Exception):
@@ -192,14 +191,57 @@ def to_plain(value):
 _mro_of = type.__dict__["__mro__"].__get__
 
 
+_JOB_TAGS = ("$ref", "$call", "$builtin")
+
+
+def _tagged(data, depth: int = 0) -> bool:
+    if _type(data) is dict:
+        return any(tag in data for tag in _JOB_TAGS) or (
+            "$t" in data and depth < 50 and any(_tagged(v, depth + 1) for v in data["$t"])
+        )
+    return _type(data) is list and depth < 50 and any(_tagged(v, depth + 1) for v in data[:64])
+
+
+class Deferred:
+    """Inputs that only the job can make: resolved in the runner, in the program's
+    namespace, just before the call."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def resolve(self, ns: dict, depth: int = 0):
+        return _resolve(self.data, ns, depth)
+
+
+def _resolve(data, ns: dict, depth: int):
+    kind = _type(data)
+    if kind is list:
+        return [_resolve(v, ns, depth) for v in data]
+    if kind is dict:
+        if "$ref" in data:
+            return ns[data["$ref"]]
+        if "$builtin" in data:
+            return getattr(builtins, data["$builtin"])
+        if "$call" in data:
+            if depth > 20:
+                raise RecursionError("inputs nested too deeply")
+            name, args, kwargs = data["$call"]
+            function = ns[name]
+            return function(
+                *[_resolve(a, ns, depth + 1) for a in args],
+                **{k: _resolve(v, ns, depth + 1) for k, v in kwargs.items()},
+            )
+        if "$t" in data:
+            return tuple(_resolve(v, ns, depth) for v in data["$t"])
+    return valuecodec.decode(data)
+
+
 def decode_call(call: list) -> tuple[str, list, dict]:
     """[name, encoded args, encoded kwargs] -> the call as the runner makes it."""
-    name, args, kwargs = call
-    decoded = [
-        JobRef(a["$ref"]) if _type(a) is dict and "$ref" in a else valuecodec.decode(a)
-        for a in args
-    ]
-    return name, decoded, {k: valuecodec.decode(v) for k, v in kwargs.items()}
+    name, args, kwargs, *flags = call
+    decoded = [Deferred(a) if _tagged(a) else valuecodec.decode(a) for a in args]
+    kwargs = {k: Deferred(v) if _tagged(v) else valuecodec.decode(v) for k, v in kwargs.items()}
+    return name, decoded, kwargs, "not_none" in flags
 
 
 def _error_line(exc: BaseException) -> str:
@@ -215,8 +257,13 @@ def _program_line(exc: BaseException) -> str:
     return ""
 
 
-def run_calls(fd: int, nonce: str, program: str, spec: dict, calls: list, mode: str) -> None:
-    """In the runner: execute the program, then each call, reporting one line per event."""
+def run_calls(
+    fd: int, nonce: str, program: str, spec: dict, calls: list, mode: str, full: bool
+) -> None:
+    """In the runner: execute the program, then each call, reporting one line per event.
+    When checking, a large answer goes back as its SHA-256 (the trusted side compares it
+    with the expected value's, and asks for the value itself only when they differ)."""
+    digest_over = DIGEST_OVER if mode == "check" and not full else None
 
     def send(event: dict) -> None:
         event["n"] = nonce
@@ -239,22 +286,33 @@ def run_calls(fd: int, nonce: str, program: str, spec: dict, calls: list, mode: 
     except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt included
         send({"ev": "fatal", "etype": _type(exc).__name__, "msg": _error_line(exc)})
         return
-    for index, (name, args, kwargs) in enumerate(calls):
+    for index, (name, args, kwargs, not_none) in enumerate(calls):
         event: dict = {"ev": "call", "i": index}
         try:
             function = ns.get(name)
             if function is None:
                 raise NameError(f"name '{name}' is not defined (the program must define {name})")
-            args = [ns[a.name] if _type(a) is JobRef else a for a in args]
+            args = [a.resolve(ns) if _type(a) is Deferred else a for a in args]
+            kwargs = {k: v.resolve(ns) if _type(v) is Deferred else v for k, v in kwargs.items()}
             out = function(*args, **kwargs)
             try:
                 event["v"] = valuecodec.encode(to_plain(out))
+                if digest_over is not None:
+                    text = _dumps(event["v"])
+                    if len(text) > digest_over:  # the trusted side asks again if it differs
+                        del event["v"]
+                        event["h"] = hashlib.sha256(text.encode()).hexdigest()
             except (NotPlain, valuecodec.UnsupportedValue, RecursionError) as exc:
+                if not_none:  # all this test asks of an object: that it is not None
+                    event["v"] = True
+                    raise _Reported() from None
                 what = exc.args[0] if _type(exc) is NotPlain else f"a {_type(out).__name__}"
                 event.update(
                     etype="NotPlain",
                     msg=f"{name} returned {what}, not plain data; only plain values are compared",
                 )
+        except _Reported:
+            pass
         except MemoryError:
             event.update(etype="MemoryError", msg="MemoryError")
         except BaseException as exc:  # noqa: BLE001
@@ -344,7 +402,7 @@ class Zygote:
             )
             _os_exit(70)
         try:
-            run_calls(fd, nonce, program, spec, job["calls"], job["mode"])
+            run_calls(fd, nonce, program, spec, job["calls"], job["mode"], job.get("full", False))
         finally:
             _os_exit(0)
 
@@ -368,7 +426,11 @@ class Zygote:
             _os_exit(0)
         os.close(write_fd)
         events, outcome = self._collect(
-            read_fd, pid, nonce, start + job["timeout"], OUTPUT_CHANNEL_LIMIT[job["mode"]]
+            read_fd,
+            pid,
+            nonce,
+            start + job["timeout"],
+            OUTPUT_CHANNEL_LIMIT["outputs" if job.get("full") else job["mode"]],
         )
         duration = _perf() - start
         os.close(read_fd)
@@ -385,7 +447,7 @@ class Zygote:
     def _collect(self, read_fd: int, pid: int, nonce: str, deadline: float, limit: int):
         """Read the runner's reports until it is done, dead, or out of time."""
         events: list[dict] = []
-        buffer = b""
+        parts: list[bytes] = []  # the unfinished line, in pieces (no quadratic joins)
         received = 0
         line_limit = EVENT_LINE_LIMIT if limit == OUTPUT_CHANNEL_LIMIT["check"] else limit
         try:
@@ -411,8 +473,11 @@ class Zygote:
                     if received > limit:
                         outcome = "flood"
                         break
-                    buffer += chunk
-                    *lines, buffer = buffer.split(b"\n")
+                    parts.append(chunk)
+                    if b"\n" not in chunk:
+                        continue
+                    *lines, rest = b"".join(parts).split(b"\n")
+                    parts = [rest]
                     for line in lines:
                         if len(line) > line_limit:
                             continue  # no report is this long: never parsed
@@ -519,6 +584,8 @@ class Zygote:
                     continue
                 if "v" in event:
                     results[index] = {"v": event["v"]}
+                elif _type(event.get("h")) is str:
+                    results[index] = {"h": event["h"][:64]}
                 else:
                     results[index] = _plain_event(
                         {k: event.get(k) for k in ("etype", "msg", "where") if k in event}
