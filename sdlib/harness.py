@@ -145,10 +145,29 @@ class Handle:
     never compared as data here, but passed on to later calls as the call that made it."""
 
     def __init__(self, key: str, what: str):
-        self.key, self.what = key, what
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "what", what)
 
     def __repr__(self) -> str:
         return f"<{self.what}>"
+
+    def _refuse(self, *args, **kwargs):
+        raise NotPlainAnswer(self.what)
+
+    def __getattr__(self, name):
+        raise NotPlainAnswer(self.what)
+
+
+class NotPlainAnswer(Exception):
+    """A test used, as data, an answer that is not plain data."""
+
+
+for _op in (
+    "eq ne lt le gt ge bool iter len hash contains getitem call int float index str "
+    "add sub mul truediv floordiv mod pow neg pos abs invert and or xor lshift rshift matmul "
+    "radd rsub rmul rtruediv rfloordiv rmod rpow rand ror rxor rlshift rrshift round"
+).split():
+    setattr(Handle, f"__{_op}__", Handle._refuse)
 
 
 _BUILTIN_VALUES = {name: value for name, value in vars(builtins).items() if isinstance(value, type)}
@@ -680,6 +699,8 @@ def judge_tests(plan: Plan, results: dict, mode: str) -> tuple[list[dict | None]
                     event["msg"] = short(eval(test.message, ns))
         except _StopRecording:
             event = {"ok": False, "etype": "TypeError", "msg": "a test input is not a plain value"}
+        except NotPlainAnswer as exc:
+            event = {"ok": False, "etype": "NotPlain", "msg": exc.args[0]}
         except AssertionError:
             event = {"ok": False}
         except BaseException as exc:  # noqa: BLE001

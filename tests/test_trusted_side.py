@@ -104,3 +104,92 @@ def test_a_str_that_lies_about_its_length_is_still_capped(sandbox):
     verdict = sandbox.run(calls, program)
     assert verdict.status == "fail"
     assert len(json.dumps(verdict.to_dict())) < 20_000
+
+
+# ------------------------------------------------- the decision is made outside the job ----
+DATA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def test_a_builtin_subclass_with_an_always_equal_mixin_is_read_as_its_data(sandbox):
+    program = (
+        "class Equal:\n    def __eq__(self, other): return True\n"
+        "    def __ne__(self, other): return False\n    __hash__ = object.__hash__\n"
+        "class I(Equal, int): pass\n"
+        "class L(Equal, list):\n    def __iter__(self): return iter([])\n"
+        "def add(a, b):\n    return I(0) if a else L([0])\n"
+    )
+    assert sandbox.run(ADD3, program).status == "fail"
+
+
+def test_no_expected_value_is_in_the_jobs_memory(sandbox):
+    secret = "EXPECTED-" + "7" * 12
+    task = Problem(
+        "memory", "unit", "test", "", "", "f", "", tests=(Case("call", expected=secret),)
+    )
+    program = (
+        "import gc\ndef f():\n    for obj in gc.get_objects():\n"
+        "        for item in (obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()):\n"
+        "            if isinstance(item, str) and len(item) == 21 and item.startswith('EXPECTED-7'):\n"
+        "                return item\n    return None\n"
+    )
+    verdict = sandbox.run(task, program)
+    assert verdict.status == "fail" and secret not in verdict.actual
+    asserted = Problem(
+        "memory2", "unit", "test", "", "", "f", "",
+        tests=(Case("assert", code=f"assert f() == {secret!r}"),),
+    )  # fmt: skip
+    assert sandbox.run(asserted, program).status == "fail"
+
+
+def test_a_loop_of_asserts_is_judged_outside_the_job(sandbox):
+    loop = Problem(
+        "loop", "unit", "test", "", "", "seven", "",
+        tests=(Case("assert", code="for x in range(5):\n    assert seven(x) == 7 * x"),),
+    )  # fmt: skip
+    assert sandbox.run(loop, "def seven(x):\n    return 7 * x\n").status == "pass"
+    cheat = (
+        "import sys\ndef seven(x):\n    f = sys._getframe(1)\n"
+        "    return f.f_locals.get('x', 0) * 7 if f else 0\n"
+    )  # the caller's frame is the runner's loop, not the test
+    assert sandbox.run(loop, cheat).status == "fail"
+
+
+def _humaneval(task_id: str) -> Problem:
+    from sdlib import benchmarks
+
+    if not (DATA / "HumanEvalPlus-v0.1.10.jsonl.gz").is_file():
+        pytest.skip("benchmark data missing")
+    return {p.task_id: p for p in benchmarks.load("humaneval", directory=DATA)}[task_id]
+
+
+def test_a_program_cannot_redefine_the_helpers_the_tests_call(sandbox):
+    problem = _humaneval("HumanEval/38")  # tests call encode_cyclic from the prompt
+    assert sandbox.run(problem, problem.reference).status == "pass"
+    cheat = "def encode_cyclic(s):\n    return s\ndef decode_cyclic(s):\n    return s\n"
+    assert sandbox.run(problem, cheat).status == "fail"
+
+
+def test_patched_stdlib_modules_do_not_change_the_tests(sandbox):
+    problem = _humaneval("HumanEval/32")  # find_zero: the oracle uses math and poly
+    assert sandbox.run(problem, problem.reference).status == "pass"
+    cheat = (
+        "import math, random\nmath.fabs = lambda x: 0.0\nmath.pow = lambda a, b: 0.0\n"
+        "random.randint = lambda a, b: 1\nrandom.seed = lambda *a: None\n"
+        "def poly(xs, x):\n    return 0.0\n"
+        "def find_zero(xs):\n    return 0.0\n"
+    )
+    assert sandbox.run(problem, cheat).status == "fail"
+
+
+def test_a_trace_hook_cannot_flip_a_result(sandbox):
+    program = (
+        "import sys\n"
+        "def hook(frame, event, arg):\n"
+        "    if event == 'return' and isinstance(arg, dict) and 'ok' in arg:\n"
+        "        arg['ok'] = True\n"
+        "    return hook\n"
+        "sys.settrace(hook)\n"
+        "def add(a, b):\n    return 0\n"
+    )
+    verdict = sandbox.run(ADD3, program)
+    assert verdict.status == "fail" and verdict.passed == 1  # add(0, 0) == 0 only
