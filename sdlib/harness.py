@@ -493,6 +493,9 @@ class Plan:
     problem: Problem
     tests: list  # AssertTest | CallTest, in order
     calls: list[str]  # the keys of the first round, in order (the job's wire form)
+    # For each call, the test it belongs to: once a call raises, the job skips the rest of
+    # that test's calls (the test stops at its first exception, as it would in-process).
+    groups: list[int] = field(default_factory=list)
     job_setup: str = ""  # setup code that must run in the job (it needs the program)
     base: dict = field(default_factory=dict)  # the tests' namespace before each test
     proxies: set[str] = field(default_factory=set)  # names the tests call that the program defines
@@ -521,6 +524,7 @@ class Plan:
             "entry_point": self.problem.entry_point,
             "setup": self.job_setup,
             "calls": [json.loads(key) for key in self.calls],
+            "groups": self.groups,
         }
 
 
@@ -529,10 +533,13 @@ def make_plan(problem: Problem) -> Plan:
     calls: list[str] = []
     seen_keys: set[str] = set()
 
+    groups: list[int] = []  # for each call, the test that asked for it first
+
     def add(key: str) -> None:
         if key not in seen_keys:
             seen_keys.add(key)
             calls.append(key)
+            groups.append(len(tests) - 1)
 
     wire = list(problem.wire_tests)
     if not wire:
@@ -548,7 +555,7 @@ def make_plan(problem: Problem) -> Plan:
                 )
             else:
                 wire.append({"kind": "assert", "code": test.code})
-    plan = Plan(problem=problem, tests=tests, calls=calls)
+    plan = Plan(problem=problem, tests=tests, calls=calls, groups=groups)
     if any(t["kind"] == "assert" for t in wire):
         _prepare_namespace(plan, [t["code"] for t in wire if t["kind"] == "assert"])
     for index, spec in enumerate(wire):
@@ -680,11 +687,6 @@ def judge_tests(plan: Plan, results: dict, mode: str) -> tuple[list[dict | None]
         if test.broken:
             events.append({"ok": False, "etype": "SyntaxError", "msg": "the test does not compile"})
             continue
-        if any(key not in results for key in test.calls):
-            absent = [key for key in test.calls if key not in results]
-            if all(key in plan.calls for key in absent):
-                events.append(None)  # the job ended before these calls
-                continue
         seen: list[str] = []
         needed: set[str] = set()
         ns = plan.namespace(results, seen, seed=index, missing=needed)

@@ -74,6 +74,7 @@ PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, PR_SET_DUMPABLE = 1, 38, 4
 # Bytes a runner may send back in one job: reports are small, reference outputs can be large.
 OUTPUT_CHANNEL_LIMIT = {"check": 64 << 20, "outputs": 2 << 30}
 _FINAL_EVENTS = ("done", "syntax", "fatal", "setup_failed")
+FLUSH_EVERY = 0.002  # seconds between writes of batched reports
 DIGEST_OVER = 16 << 10  # bytes of an encoded answer above which only its digest is sent
 EVENT_LINE_LIMIT = 1 << 20  # bytes of one report line when checking (outputs may be larger)
 REPR_LIMIT = 400
@@ -265,18 +266,30 @@ def run_calls(
     with the expected value's, and asks for the value itself only when they differ)."""
     digest_over = DIGEST_OVER if mode == "check" and not full else None
 
-    def send(event: dict) -> None:
-        event["n"] = nonce
-        data = (_dumps(event) + "\n").encode()
+    pending: list[bytes] = []
+    last_flush = [_perf()]
+
+    def flush() -> None:
+        data = b"".join(pending)
+        pending.clear()
         while data:
             data = data[_os_write(fd, data) :]
+        last_flush[0] = _perf()
+
+    def send(event: dict, final: bool = False) -> None:
+        """Reports go out in batches (one write per 64 KB or 2 ms), the last one at once:
+        a job that dies loses at most its last 2 ms of answers."""
+        event["n"] = nonce
+        pending.append((_dumps(event) + "\n").encode())
+        if final or len(pending) >= 256 or _perf() - last_flush[0] >= FLUSH_EVERY:
+            flush()
 
     if mode == "outputs" and hasattr(sys, "set_int_max_str_digits"):
         sys.set_int_max_str_digits(0)  # trusted references may return huge ints
     try:
         code = compile(program, "<solution>", "exec")
     except (SyntaxError, ValueError, OverflowError, RecursionError, MemoryError) as exc:
-        send({"ev": "syntax", "msg": _error_line(exc)})
+        send({"ev": "syntax", "msg": _error_line(exc)}, final=True)
         return
     ns: dict = {"__builtins__": builtins}
     try:
@@ -284,9 +297,14 @@ def run_calls(
         if spec.get("setup"):
             exec(spec["setup"], ns)
     except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt included
-        send({"ev": "fatal", "etype": _type(exc).__name__, "msg": _error_line(exc)})
+        send({"ev": "fatal", "etype": _type(exc).__name__, "msg": _error_line(exc)}, final=True)
         return
+    groups = spec.get("groups") if calls is spec["calls"] else None
+    stopped: set = set()  # tests whose calls raised: their later calls are not made
     for index, (name, args, kwargs, not_none) in enumerate(calls):
+        group = groups[index] if groups else None
+        if group is not None and group in stopped:
+            continue
         event: dict = {"ev": "call", "i": index}
         try:
             function = ns.get(name)
@@ -320,12 +338,14 @@ def run_calls(
             where = _program_line(exc)
             if where:
                 event["where"] = where
+        if "etype" in event and event["etype"] != "NotPlain" and group is not None:
+            stopped.add(group)
         try:
             send(event)
         except BaseException as exc:  # noqa: BLE001 - e.g. an output too large to encode
             send({"ev": "call", "i": index, "etype": _type(exc).__name__,
                   "msg": f"could not report the result: {_error_line(exc)}"})  # fmt: skip
-    send({"ev": "done"})
+    send({"ev": "done"}, final=True)
 
 
 # ------------------------------------------------------------------------------ zygote ----
@@ -625,6 +645,7 @@ class Zygote:
                         "entry_point": msg["entry_point"],
                         "setup": msg.get("setup", ""),
                         "calls": [decode_call(c) for c in msg["calls"]],
+                        "groups": msg.get("groups") or None,
                     }
                     while len(self.problems) > 256:
                         self.problems.popitem(last=False)
