@@ -1,33 +1,35 @@
-"""The sandbox worker: a warm process that runs untrusted programs against tests.
+"""The sandbox worker: a warm process that runs untrusted programs and calls their functions.
 
-Started by ``sdlib.sandbox`` as ``python -I sandbox_worker.py``; it imports only the standard
-library and ``valuecodec`` so that nothing of the caller (torch, a model, a notebook) is
-within reach of the programs it runs.
+Started by ``sdlib.sandbox`` as ``python -I sandbox_worker.py`` with a short allow-list of
+environment variables; it imports only the standard library, ``valuecodec`` and
+``sandbox_layers``, so that nothing of the caller (torch, a model, a notebook, a secret) is
+within reach of the programs it runs. It decides no verdict: it returns each call's answer as
+plain data, and ``sdlib.harness`` (outside) compares and counts.
 
-Layers, outermost first (README, "Sandbox", says what each one protects against):
+Layers, outermost first (README, "The sandbox", says what each one protects against):
 
-1. Namespaces (when the kernel allows): a new mount, PID and network namespace, entered by
-   ``unshare`` in this process. Its first child becomes PID 1 of the new PID namespace: the
-   *zygote*. The zygote serves jobs and forks one *runner* per job. After each job it sends
-   SIGKILL to every other process of its namespace (``kill(-1)``), so setsid and double-fork
-   escapes die with the job. The network namespace has only a downed loopback. /tmp,
-   /var/tmp, /dev/shm and /run/lock are private tmpfs mounts, wiped after each job; other
-   mounts are remounted read-only where the kernel lets us.
-2. Identity: as root, the runner drops to an unprivileged uid of its own (one per worker), so
-   root's files cannot be written or deleted and RLIMIT_NPROC binds. Without root a user
-   namespace maps the caller's uid instead; no new privileges are ever gained (setuid
-   binaries are neutered by PR_SET_NO_NEW_PRIVS).
-3. Limits: RLIMIT_AS (memory), RLIMIT_CPU, RLIMIT_FSIZE (output and files), RLIMIT_NOFILE,
+1. Namespaces (when the kernel allows): new mount, PID, network, IPC and UTS namespaces (and
+   a user namespace without root), entered by ``unshare`` in this process. Its first child
+   becomes PID 1 of the new PID namespace: the *zygote*. It pivots into a new root holding
+   only the system folders and the interpreter's, read-only, a fresh /proc and one private
+   tmpfs behind /tmp, /var/tmp, /dev/shm and /run/lock (``sandbox_layers.build_new_root``).
+   The zygote serves jobs and forks one *runner* per job; after each job it sends SIGKILL
+   to every other process of its namespace (``kill(-1)``) and wipes the temp folders.
+2. Landlock and seccomp (``sandbox_layers``): entered once by the zygote in namespace mode,
+   by each runner otherwise.
+3. Identity: as root, the runner drops to an unprivileged uid of its own (one per worker);
+   in a user namespace all capabilities are dropped; PR_SET_NO_NEW_PRIVS always.
+4. Limits: RLIMIT_AS (memory), RLIMIT_CPU, RLIMIT_FSIZE (output and files), RLIMIT_NOFILE,
    RLIMIT_NPROC, no core dumps, a wall-clock deadline kept by the zygote.
-4. Harness: a pass is counted by the harness test by test, reported over a private pipe with a
-   per-job nonce; exiting early, printing a fake report or returning objects whose ``__eq__``
-   always answers True never passes.
 
 Protocol: one JSON object per line on stdin/stdout.
   {"op": "hello"} -> {"isolation": {...}}
-  {"op": "problem", "key", "entry_point", "setup", "atol", "tests": [...]} -> {"ok": true}
-  {"op": "run", "key", "program", "timeout", "memory_mb", "mode": "check"|"outputs"}
-      -> {"verdict": {...}} (mode "outputs" adds "outputs": [encoded values or null])
+  {"op": "problem", "key", "entry_point", "setup", "calls": [[name, args, kwargs], ...],
+   "groups": [test index of each call]} -> {"ok": true}
+  {"op": "run", "key", "program", "timeout", "memory_mb", "mode": "check"|"outputs",
+   optional "calls" (a later round) and "full"}
+      -> {"end": {"end": "done"|"syntax"|"fatal"|"timeout"|..., ...},
+          "results": [{"v": encoded answer} | {"h": sha256} | {"etype", "msg"} | null, ...]}
 """
 
 from __future__ import annotations

@@ -193,3 +193,38 @@ def test_a_trace_hook_cannot_flip_a_result(sandbox):
     )
     verdict = sandbox.run(ADD3, program)
     assert verdict.status == "fail" and verdict.passed == 1  # add(0, 0) == 0 only
+
+
+def test_a_metaclass_cannot_run_code_in_the_check_or_fake_a_builtin(sandbox):
+    program = (
+        "class Meta(type):\n"
+        "    def mro(cls):\n        return (cls, int, object)\n"
+        "    def __instancecheck__(cls, obj):\n        return True\n"
+        "class Fake(metaclass=Meta):\n"
+        "    def __eq__(self, other): return True\n"
+        "def add(a, b):\n    return Fake()\n"
+    )
+    verdict = sandbox.run(ADD3, program)
+    assert verdict.status in ("fail", "crash", "error") and verdict.passed == 0
+
+
+def test_a_class_flagged_immutable_through_ctypes_gains_nothing(sandbox):
+    program = (
+        "import ctypes\n"
+        "class Equal:\n    def __eq__(self, other): return True\n"
+        "flags = ctypes.c_ulong.from_address(id(Equal) + type.__flags__.__objclass__.__basicsize__ - 8)\n"
+        "try:\n    ctypes.c_ulong.from_address(id(Equal) + 168).value |= 1 << 8\n"
+        "except Exception:\n    pass\n"
+        "def add(a, b):\n    return Equal()\n"
+    )
+    verdict = sandbox.run(ADD3, program)
+    assert verdict.status != "pass" and verdict.passed == 0
+
+
+def test_a_class_as_the_entry_point_answers_with_instances_that_are_not_data(sandbox):
+    program = (
+        "class add:\n    def __init__(self, a, b): pass\n    def __eq__(self, other): return True\n"
+    )
+    verdict = sandbox.run(ADD3, program)
+    assert verdict.status == "fail" and verdict.passed == 0
+    assert "not plain data" in verdict.feedback
