@@ -327,7 +327,7 @@ def _eval_piece(piece: tuple, ns: dict, report: dict):
         right = eval(right_code, ns)
         if not op(left, right):
             if op is operator.eq:
-                report["expected"], report["actual"] = short(right), short(left)
+                report["_expected"], report["_actual"] = right, left
             return False
         left = right
     return True
@@ -501,6 +501,7 @@ class Plan:
     proxies: set[str] = field(default_factory=set)  # names the tests call that the program defines
     random: Any = None
     wire_key: str = ""  # the problem's name in a worker (a new plan gets a new one)
+    _line: bytes | None = None
 
     def job_name(self, name: str) -> str:
         return self.problem.entry_point if name == "candidate" else name
@@ -518,14 +519,23 @@ class Plan:
 
     def message(self) -> dict:
         """The problem as a worker receives it: no expected value, no test code."""
-        return {
-            "op": "problem",
-            "key": self.wire_key or self.problem.key,
-            "entry_point": self.problem.entry_point,
-            "setup": self.job_setup,
-            "calls": [json.loads(key) for key in self.calls],
-            "groups": self.groups,
-        }
+        return json.loads(self.message_line())
+
+    def message_line(self) -> bytes:
+        """``message()`` as the line sent to every worker, made once: the calls are already
+        JSON, so they are joined, not parsed and written again (EvalPlus inputs are MBs)."""
+        if self._line is None:
+            head = json.dumps(
+                {
+                    "op": "problem",
+                    "key": self.wire_key or self.problem.key,
+                    "entry_point": self.problem.entry_point,
+                    "setup": self.job_setup,
+                    "groups": self.groups,
+                }
+            )
+            self._line = (head[:-1] + ', "calls": [' + ", ".join(self.calls) + "]}\n").encode()
+        return self._line
 
 
 def make_plan(problem: Problem) -> Plan:
@@ -680,8 +690,8 @@ def judge_tests(plan: Plan, results: dict, mode: str) -> tuple[list[dict | None]
             except Exception:  # noqa: BLE001 - e.g. set() of a returned unhashable list
                 ok = False
             event = {"ok": bool(ok)}
-            if not ok:
-                event.update(expected=short(expected), actual=short(out))
+            if not ok:  # shown only for the first failure: made into text there
+                event.update(_expected=expected, _actual=out)
             events.append(event)
             continue
         if test.broken:
@@ -777,6 +787,8 @@ def verdict_of(plan: Plan, events: list[dict | None], end: dict) -> dict:
         (i for i, e in enumerate(events) if e is not None and e.get("ok") is not True), None
     )
     first = events[first_index] if first_index is not None else None
+    if first is not None and "_expected" in first:
+        first = dict(first, expected=short(first["_expected"]), actual=short(first["_actual"]))
     if first is not None:
         verdict["failed_test"] = describe(plan.tests[first_index], plan.problem.entry_point)
         verdict["expected"] = first.get("expected", "")

@@ -296,11 +296,13 @@ class _Worker:
             stderr.close()
             self._stderr = None
 
-    def request(self, message: dict, timeout: float) -> dict | None:
-        """Send one message and wait for its one-line reply; None if the worker died or hung."""
+    def request(self, message: dict | bytes, timeout: float) -> dict | None:
+        """Send one message (or its ready JSON line) and wait for its one-line reply; None
+        if the worker died or hung."""
         assert self.proc is not None and self.proc.stdin and self.proc.stdout
+        line = message if isinstance(message, bytes) else (json.dumps(message) + "\n").encode()
         try:
-            self.proc.stdin.write((json.dumps(message) + "\n").encode())
+            self.proc.stdin.write(line)
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             return None
@@ -348,8 +350,8 @@ class _Worker:
             job["full"] = True
         return self.request(job, timeout=timeout + 30)
 
-    def _problem_message(self, plan: harness.Plan) -> dict:
-        return plan.message()
+    def _problem_message(self, plan: harness.Plan) -> bytes:
+        return plan.message_line()
 
 
 class Sandbox:
