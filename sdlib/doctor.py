@@ -60,10 +60,12 @@ def _outside_dir() -> Path:
     raise OSError("no writable folder for the self-test")
 
 
-def _processes_with(token: str) -> list[int]:
+def processes_with(token: str) -> list[int]:
+    """Processes (other than this one) whose command line holds ``token``."""
+    me = os.getpid()
     found = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+        if not entry.isdigit() or int(entry) == me:
             continue
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
@@ -210,7 +212,7 @@ class SelfTest:
         )
         self.run("escape", program)
         time.sleep(0.05)
-        left = _processes_with(tok)
+        left = processes_with(tok)
         for pid in left:
             os.kill(pid, signal.SIGKILL)
         return not left, f"daemon(s) {left} outlived the job" if left else ""

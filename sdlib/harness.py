@@ -25,7 +25,6 @@ import json
 import math
 import operator
 import os
-import random
 import traceback
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +33,6 @@ from . import valuecodec
 from .problems import Problem
 
 REPR_LIMIT = 400
-EVENT_TEXT_LIMIT = 4000
 _BINOPS = {
     ast.Eq: operator.eq,
     ast.NotEq: operator.ne,
@@ -832,8 +830,3 @@ def verdict_of(plan: Plan, events: list[dict | None], end: dict) -> dict:
         error_type="EarlyExit",
         feedback=f"the program exited (status {end.get('code')}) before the tests finished",
     )
-
-
-def seeded_random_is_private() -> bool:
-    """The tests' ``random`` never touches the caller's (tests of the harness use this)."""
-    return _private_random() is not random

@@ -79,7 +79,6 @@ _FINAL_EVENTS = ("done", "syntax", "fatal", "setup_failed")
 FLUSH_EVERY = 0.002  # seconds between writes of batched reports
 DIGEST_OVER = 16 << 10  # bytes of an encoded answer above which only its digest is sent
 EVENT_LINE_LIMIT = 1 << 20  # bytes of one report line when checking (outputs may be larger)
-REPR_LIMIT = 400
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _prctl = layers.prctl

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from sdlib.doctor import processes_with
 from sdlib.problems import Problem
 from sdlib.problems import TestCase as Case
 from sdlib.sandbox import WORKER_ENV, Sandbox, SandboxConfig, SandboxUnavailable
@@ -143,21 +144,6 @@ def leftovers() -> list[int]:
             if not is_zygote:
                 found.append(pid)
             stack.extend(kids)
-    return found
-
-
-def processes_with(token: str) -> list[int]:
-    me = os.getpid()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if token.encode() in f.read():
-                    found.append(int(entry))
-        except OSError:
-            continue
     return found
 
 
