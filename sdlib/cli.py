@@ -26,6 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--data-dir", default=None, help="benchmark files (default $SDLIB_DATA_DIR)")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.add_argument(
+        "--test-details",
+        action="store_true",
+        help="run every test of a failing sample (passed = all it passes); by default a "
+        "sample stops at its first failing test, as in EvalPlus",
+    )
 
     ev.add_argument(
         "--isolation",

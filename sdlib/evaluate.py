@@ -69,7 +69,10 @@ def evaluate_samples(
     data_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
     sandbox: Sandbox | None = None,
+    test_details: bool = False,
 ) -> EvaluationReport:
+    """Judge a samples file. As EvalPlus's ``evaluate``, a sample stops at its first failing
+    test unless ``test_details`` (then ``passed`` counts every test it passes)."""
     problems = benchmarks.load_by_id(benchmark, directory=data_dir)
     jobs: list[tuple[Problem, str]] = []
     slots: list[dict[str, Any]] = []  # one per line of the samples file, in order
@@ -106,7 +109,11 @@ def evaluate_samples(
     owned = sandbox is None
     sandbox = sandbox or Sandbox(config)
     try:
-        verdicts = sandbox.run_many(jobs, progress=f"judging {benchmark}" if progress else False)
+        verdicts = sandbox.run_many(
+            jobs,
+            progress=f"judging {benchmark}" if progress else False,
+            fail_fast=not test_details,
+        )
         isolation = sandbox.isolation
     finally:
         if owned:
@@ -158,6 +165,7 @@ def main(args) -> int:
         config,
         data_dir=args.data_dir,
         progress=not args.quiet,
+        test_details=getattr(args, "test_details", False),
     )
     for problem in report.invalid:
         print(f"error: {problem}", file=sys.stderr)

@@ -19,18 +19,19 @@ from __future__ import annotations
 
 import ast
 import builtins
-import hashlib
 import importlib.util
 import json
 import math
 import operator
 import os
+import random
 import traceback
+import types
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import valuecodec
-from .problems import Problem
+from .problems import CallTests, Problem
 
 REPR_LIMIT = 400
 _BINOPS = {
@@ -345,22 +346,43 @@ class AssertTest:
 @dataclass
 class CallTest:
     key: str
-    inputs: Any  # wire form (encoded), decoded on first use
-    expected: Any  # wire form (encoded), decoded on first use
+    inputs: str  # JSON text of the wire form, parsed and decoded on first use
+    expected: str  # JSON text of the wire form, parsed and decoded on first use
     oracle: str = ""
+    _wire: Any = None
     _decoded: tuple | None = None
     _digest: str | None = None
+    _comparable: bool | None = None
+    _floats: bool | None = None
+
+    def wire_expected(self) -> Any:
+        if self._wire is None:
+            self._wire = json.loads(self.expected)
+        return self._wire
+
+    def wire_comparable(self) -> bool:
+        """Whether equal wire forms mean equal values: always, but for a NaN (``$f``), which
+        equals nothing (its tag is text, so the test is a substring search)."""
+        if self._comparable is None:
+            self._comparable = '"$f"' not in self.expected
+        return self._comparable
+
+    def expects_floats(self) -> bool:
+        """EvalPlus's ``is_floats`` of the expected value (it turns on a tolerance)."""
+        if self._floats is None:
+            self._floats = valuecodec.wire_is_floats(self.wire_expected())
+        return self._floats
 
     def digest(self) -> str:
         """SHA-256 of the expected value's wire form, as the job hashes its answers."""
         if self._digest is None:
-            text = json.dumps(self.expected)
-            self._digest = hashlib.sha256(text.encode()).hexdigest()
+            self._digest = valuecodec.digest(self.wire_expected())
         return self._digest
 
     def values(self) -> tuple:
         if self._decoded is None:
-            self._decoded = (valuecodec.decode(self.inputs), valuecodec.decode(self.expected))
+            inputs = valuecodec.decode(json.loads(self.inputs))
+            self._decoded = (inputs, valuecodec.decode(self.wire_expected()))
         return self._decoded
 
 
@@ -391,48 +413,38 @@ class _NoAsserts(ast.NodeTransformer):
 
 
 def _private_random():
-    """A ``random`` module of the tests' own: seeded per test, shared with nobody."""
-    spec = importlib.util.find_spec("random")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    """A ``random`` module of the tests' own: seeded per test, shared with nobody. Made as
+    the real one is (module-level functions are the bound methods of one ``Random``), not
+    by executing it again: plans are made for every problem of a benchmark."""
+    module = types.ModuleType("random", random.__doc__)
+    instance = random.Random()
+    for name, value in vars(random).items():
+        if getattr(value, "__self__", None) is random._inst:
+            value = getattr(instance, value.__name__)
+        elif name == "_inst":
+            value = instance
+        module.__dict__.setdefault(name, value)
     return module
-
-
-def _called_names(code: str) -> set[str]:
-    try:
-        tree = ast.parse(code)
-    except SyntaxError:
-        return set()
-    return {
-        n.func.id
-        for n in ast.walk(tree)
-        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
-    }
 
 
 _STDLIB = frozenset(getattr(__import__("sys"), "stdlib_module_names", ())) - {"random"}
 
 
-def _loaded_names(code: str) -> set[str]:
+def _names(code: str) -> tuple[set[str], set[str], set[str]]:
+    """The names a test calls, loads and assigns (functions and classes it defines too)."""
     try:
         tree = ast.parse(code)
     except SyntaxError:
-        return set()
-    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
-
-
-def _assigned_names(code: str) -> set[str]:
-    try:
-        tree = ast.parse(code)
-    except SyntaxError:
-        return set()
-    names = set()
+        return set(), set(), set()
+    called, loaded, assigned = set(), set(), set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-            names.add(node.id)
+        if isinstance(node, ast.Name):
+            (loaded if isinstance(node.ctx, ast.Load) else assigned).add(node.id)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            called.add(node.func.id)
         elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-            names.add(node.name)
-    return names
+            assigned.add(node.name)
+    return called, loaded, assigned
 
 
 class _Proxy:
@@ -498,6 +510,7 @@ class Plan:
     base: dict = field(default_factory=dict)  # the tests' namespace before each test
     proxies: set[str] = field(default_factory=set)  # names the tests call that the program defines
     random: Any = None
+    call_only: bool = False  # every test a call test: its calls are independent
     wire_key: str = ""  # the problem's name in a worker (a new plan gets a new one)
     _line: bytes | None = None
 
@@ -549,34 +562,25 @@ def make_plan(problem: Problem) -> Plan:
             calls.append(key)
             groups.append(len(tests) - 1)
 
-    wire = list(problem.wire_tests)
-    if not wire:
-        for test in problem.tests:
-            if test.kind == "call":
-                wire.append(
-                    {
-                        "kind": "call",
-                        "inputs": valuecodec.encode(list(test.inputs)),
-                        "expected": valuecodec.encode(test.expected),
-                        "oracle": test.oracle,
-                    }
-                )
-            else:
-                wire.append({"kind": "assert", "code": test.code})
+    specs = _test_specs(problem)
     plan = Plan(problem=problem, tests=tests, calls=calls, groups=groups)
-    if any(t["kind"] == "assert" for t in wire):
-        _prepare_namespace(plan, [t["code"] for t in wire if t["kind"] == "assert"])
-    for index, spec in enumerate(wire):
-        if spec["kind"] == "call":
-            oracle = spec.get("oracle", "")
+    plan.call_only = all(spec[0] == "call" for spec in specs)
+    if any(spec[0] == "assert" for spec in specs):
+        _prepare_namespace(plan, [spec[1] for spec in specs if spec[0] == "assert"])
+    for index, spec in enumerate(specs):
+        if spec[0] == "call":
+            _, inputs, expected, oracle, known = spec
             # EvalPlus's not-None tasks return objects (a re.Match): the job may answer
             # "not None" for those rather than refusing them.
-            extra = ["not_none"] if oracle == "not_none" else []
-            key = json.dumps([problem.entry_point, spec["inputs"], {}, *extra])
-            tests.append(CallTest(key, spec["inputs"], spec["expected"], spec.get("oracle", "")))
+            extra = ', "not_none"' if oracle == "not_none" else ""
+            key = f"[{json.dumps(problem.entry_point)}, {inputs}, {{}}{extra}]"
+            test = CallTest(key, inputs, expected, oracle)
+            if known:  # digest and float-ness, computed when cached
+                test._digest, test._floats = known
+            tests.append(test)
             add(key)
             continue
-        test = _compile_assert(spec["code"])
+        test = _compile_assert(spec[1])
         tests.append(test)
         if test.broken:
             continue
@@ -590,6 +594,26 @@ def make_plan(problem: Problem) -> Plan:
         for key in seen:
             add(key)
     return plan
+
+
+def _test_specs(problem: Problem) -> list[tuple]:
+    """Each test as the plan reads it: ("call", inputs JSON, expected JSON, oracle, known
+    digest and float-ness or None) or ("assert", code). Loaders that keep the JSON text (``CallTests``) are not re-encoded."""
+    tests = problem.tests
+    if isinstance(tests, CallTests):
+        return [
+            ("call", i, e, tests.oracle, tests.large.get(n))
+            for n, (i, e) in enumerate(zip(tests.inputs, tests.expected))
+        ]
+    specs: list[tuple] = []
+    for test in tests:
+        if test.kind == "call":
+            inputs = json.dumps(valuecodec.encode(list(test.inputs)))
+            expected = json.dumps(valuecodec.encode(test.expected))
+            specs.append(("call", inputs, expected, test.oracle, None))
+        else:
+            specs.append(("assert", test.code))
+    return specs
 
 
 def _prepare_namespace(plan: Plan, codes: list[str]) -> None:
@@ -618,13 +642,14 @@ def _prepare_namespace(plan: Plan, codes: list[str]) -> None:
             exec(compile(problem.setup, "<setup>", "exec"), base)
         except BaseException:  # noqa: BLE001 - setup that needs the program (MBPP 367, 927)
             plan.job_setup = problem.setup
-            setup_names = _assigned_names(problem.setup)
+            setup_names = _names(problem.setup)[2]
             for name in setup_names:
                 base[name] = Ref(name)
     called: set[str] = set()
     for code in codes:
-        called |= _called_names(code) - _assigned_names(code)
-        for name in _loaded_names(code) - _assigned_names(code):
+        called_here, loaded, assigned = _names(code)
+        called |= called_here - assigned
+        for name in loaded - assigned:
             if name not in base and name not in pristine and name in _STDLIB:
                 base[name] = importlib.import_module(name)  # ``sys.getsizeof`` in MBPP 596
     proxies = {problem.entry_point, "candidate"}
@@ -669,8 +694,10 @@ def judge_tests(plan: Plan, results: dict, mode: str) -> tuple[list[dict | None]
                 events.append(None)
                 continue
             if "h" in result:  # a large answer, sent as its digest
-                if result["h"] == test.digest() and not test.oracle:
+                if not test.oracle and test.wire_comparable() and result["h"] == test.digest():
                     events.append({"ok": True})  # the very same data as expected
+                    if atol_state[0] == 0 and test.expects_floats():
+                        atol_state[0] = 1e-6  # as call_matches would have set it
                 else:
                     missing.add(test.key)  # differs (or needs its oracle): fetch it
                     events.append(None)
@@ -680,6 +707,11 @@ def judge_tests(plan: Plan, results: dict, mode: str) -> tuple[list[dict | None]
                 continue
             if mode == "outputs":
                 events.append({"ok": True})
+                continue
+            if not test.oracle and test.wire_comparable() and result["v"] == test.wire_expected():
+                events.append({"ok": True})  # equal wire forms: equal values, not decoded
+                if atol_state[0] == 0 and test.expects_floats():
+                    atol_state[0] = 1e-6  # as call_matches would have set it
                 continue
             inputs, expected = test.values()
             out = valuecodec.decode(result["v"])

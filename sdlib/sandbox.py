@@ -42,6 +42,9 @@ GUARANTEES = ("filesystem", "network", "processes", "ipc")
 WORKER_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "LD_LIBRARY_PATH", "TZ")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MAX_ROUNDS = 4  # further jobs for calls whose inputs depend on an earlier result
+# With fail_fast, the calls of a first short job: a wrong program most often fails on one
+# of a benchmark's first (base) inputs, and then its other thousand are never made.
+FIRST_CALLS = 16
 
 
 @dataclass(frozen=True)
@@ -329,8 +332,10 @@ class _Worker:
         program: str,
         mode: str,
         timeout: float,
-        calls: list[str] | None = None,
+        calls: list[str] | slice | None = None,
     ) -> dict | None:
+        """One job: every call of the problem, a slice of them, or (a later round) the
+        calls named, answered in full."""
         key = plan.wire_key
         if key not in self.loaded:
             reply = self.request(self._problem_message(plan), timeout=120)
@@ -345,7 +350,9 @@ class _Worker:
             "memory_mb": self.memory_mb(),
             "mode": mode,
         }
-        if calls is not None:  # a later round: these calls, every answer in full
+        if isinstance(calls, slice):
+            job["slice"] = [calls.start, calls.stop]
+        elif calls is not None:  # a later round: these calls, every answer in full
             job["calls"] = [json.loads(c) for c in calls]
             job["full"] = True
         return self.request(job, timeout=timeout + 30)
@@ -408,7 +415,7 @@ class Sandbox:
 
     def _job(
         self, worker: _Worker, plan: harness.Plan, program: str, mode: str, timeout: float,
-        calls: list[str] | None,
+        calls: list[str] | slice | None,
     ) -> dict:  # fmt: skip
         for _attempt in range(2):
             reply = worker.run(plan, program, mode, timeout, calls)
@@ -422,18 +429,38 @@ class Sandbox:
         return {"end": {"end": "setup_failed", "msg": detail}, "results": []}
 
     def _execute(
-        self, problem: Problem, program: str, mode: str, timeout: float | None = None
+        self,
+        problem: Problem,
+        program: str,
+        mode: str,
+        timeout: float | None = None,
+        fail_fast: bool = False,
     ) -> tuple[dict, harness.Plan, dict]:
         """Run the program's calls (in rounds where a test's inputs depend on an earlier
-        result) and decide each test here, outside the job."""
+        result) and decide each test here, outside the job. With ``fail_fast``, a problem
+        of many call tests is asked its first FIRST_CALLS calls alone, and the rest only
+        if none of those failed: a wrong program costs one short job."""
         plan = self.plan(problem)
         limit = timeout or self.timeout_for(problem)
+        staged = fail_fast and mode == "check" and plan.call_only
+        first = slice(0, FIRST_CALLS) if staged and len(plan.calls) > FIRST_CALLS else None
         worker = self._idle.get()
         try:
-            reply = self._job(worker, plan, program, mode, limit, None)
-            results = {k: r for k, r in zip(plan.calls, reply["results"]) if r is not None}
+            reply = self._job(worker, plan, program, mode, limit, first)
+            asked = plan.calls if first is None else plan.calls[first]
+            results = {k: r for k, r in zip(asked, reply["results"]) if r is not None}
             end = reply["end"]
             spent = end.get("duration", 0.0)
+            if first is not None and end.get("end") == "done" and spent < limit:
+                events, _ = harness.judge_tests(plan, results, mode)
+                if not any(e is not None and e.get("ok") is not True for e in events):
+                    rest = slice(FIRST_CALLS, len(plan.calls))
+                    reply = self._job(worker, plan, program, mode, limit - spent, rest)
+                    for key, result in zip(plan.calls[rest], reply["results"]):
+                        if result is not None:
+                            results[key] = result
+                    end = dict(reply["end"], duration=spent + reply["end"].get("duration", 0.0))
+                    spent = end["duration"]
             for _round in range(MAX_ROUNDS):
                 events, missing = harness.judge_tests(plan, results, mode)
                 if not missing or end.get("end") != "done" or spent >= limit:
@@ -456,8 +483,17 @@ class Sandbox:
     def timeout_for(self, problem: Problem) -> float:
         return max(self.config.timeout, self.config.reference_factor * problem.reference_seconds)
 
-    def run(self, problem: Problem, program: str, timeout: float | None = None) -> Verdict:
-        return _verdict(self._execute(problem, program, "check", timeout)[0])
+    def run(
+        self,
+        problem: Problem,
+        program: str,
+        timeout: float | None = None,
+        fail_fast: bool = False,
+    ) -> Verdict:
+        """The program's verdict. ``fail_fast``: stop at the first failing call test, as
+        EvalPlus does without ``--test-details``; ``passed`` then counts only the tests
+        judged before it."""
+        return _verdict(self._execute(problem, program, "check", timeout, fail_fast)[0])
 
     def reference_outputs(
         self, problem: Problem, program: str, timeout: float | None = None
@@ -479,13 +515,16 @@ class Sandbox:
         jobs: Iterable[tuple[Problem, str]],
         progress: bool | str = False,
         on_result: Callable[[int, Verdict], None] | None = None,
+        fail_fast: bool = False,
     ) -> list[Verdict]:
         """Verdicts in job order; ``on_result`` sees each as soon as it is ready."""
         jobs = list(jobs)
         results: list[Verdict | None] = [None] * len(jobs)
         bar = _progress_bar(len(jobs), progress)
         pending: queue.Queue[int] = queue.Queue()
-        for i in range(len(jobs)):
+        # Longest first (by the reference's time on the tests): a slow problem started last
+        # would leave the other workers idle at the end.
+        for i in sorted(range(len(jobs)), key=lambda i: -jobs[i][0].reference_seconds):
             pending.put(i)
 
         def drain() -> None:
@@ -495,7 +534,7 @@ class Sandbox:
                 except queue.Empty:
                     return
                 problem, program = jobs[i]
-                verdict = self.run(problem, program)
+                verdict = self.run(problem, program, fail_fast=fail_fast)
                 results[i] = verdict
                 if on_result is not None:
                     on_result(i, verdict)

@@ -27,7 +27,8 @@ Protocol: one JSON object per line on stdin/stdout.
   {"op": "problem", "key", "entry_point", "setup", "calls": [[name, args, kwargs], ...],
    "groups": [test index of each call]} -> {"ok": true}
   {"op": "run", "key", "program", "timeout", "memory_mb", "mode": "check"|"outputs",
-   optional "calls" (a later round) and "full"}
+   optional "slice": [start, stop] of the problem's calls, or "calls" (a later round)
+   with "full"}
       -> {"end": {"end": "done"|"syntax"|"fatal"|"timeout"|..., ...},
           "results": [{"v": encoded answer} | {"h": sha256} | {"etype", "msg"} | null, ...]}
 """
@@ -37,7 +38,6 @@ from __future__ import annotations
 import builtins
 import ctypes
 import gc
-import hashlib
 import json
 import math
 import os
@@ -77,7 +77,6 @@ PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, PR_SET_DUMPABLE = 1, 38, 4
 OUTPUT_CHANNEL_LIMIT = {"check": 64 << 20, "outputs": 2 << 30}
 _FINAL_EVENTS = ("done", "syntax", "fatal", "setup_failed")
 FLUSH_EVERY = 0.002  # seconds between writes of batched reports
-DIGEST_OVER = 16 << 10  # bytes of an encoded answer above which only its digest is sent
 EVENT_LINE_LIMIT = 1 << 20  # bytes of one report line when checking (outputs may be larger)
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -156,6 +155,7 @@ class NotPlain(Exception):
 
 
 _SCALARS = (type(None), bool, int, float, str, bytes, complex)
+_SCALAR_SET = frozenset(_SCALARS)
 # A builtin's own methods (never a subclass's override) turn a subclass into plain data.
 _AS_BASE = {
     int: int.__int__,
@@ -174,6 +174,8 @@ def to_plain(value):
     kind = _type(value)
     if kind in _SCALARS:
         return value
+    if (kind is list or kind is tuple) and set(map(_type, value)) <= _SCALAR_SET:
+        return list(value) if kind is list else value  # exact types all through: as it is
     mro = _mro_of(kind)
     for base, convert in _AS_BASE.items():
         if base in mro:
@@ -259,13 +261,28 @@ def _program_line(exc: BaseException) -> str:
     return ""
 
 
+def _longer_than(wire, size: int) -> bool:
+    """Whether an answer's JSON text is over ``size`` bytes; a long string or list is,
+    without writing it out (the ten million floats of a HumanEval+ answer)."""
+    if _type(wire) in (str, list) and len(wire) > size:
+        return True
+    return len(_dumps(wire)) > size
+
+
 def run_calls(
-    fd: int, nonce: str, program: str, spec: dict, calls: list, mode: str, full: bool
+    fd: int,
+    nonce: str,
+    program: str,
+    spec: dict,
+    calls: list,
+    groups: list | None,
+    mode: str,
+    full: bool,
 ) -> None:
     """In the runner: execute the program, then each call, reporting one line per event.
     When checking, a large answer goes back as its SHA-256 (the trusted side compares it
     with the expected value's, and asks for the value itself only when they differ)."""
-    digest_over = DIGEST_OVER if mode == "check" and not full else None
+    digest_over = valuecodec.DIGEST_OVER if mode == "check" and not full else None
 
     pending: list[bytes] = []
     last_flush = [_perf()]
@@ -300,7 +317,6 @@ def run_calls(
     except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt included
         send({"ev": "fatal", "etype": _type(exc).__name__, "msg": _error_line(exc)}, final=True)
         return
-    groups = spec.get("groups") if calls is spec["calls"] else None
     stopped: set = set()  # tests whose calls raised: their later calls are not made
     for index, (name, args, kwargs, not_none) in enumerate(calls):
         group = groups[index] if groups else None
@@ -315,12 +331,12 @@ def run_calls(
             kwargs = {k: v.resolve(ns) if _type(v) is Deferred else v for k, v in kwargs.items()}
             out = function(*args, **kwargs)
             try:
-                event["v"] = valuecodec.encode(to_plain(out))
-                if digest_over is not None:
-                    text = _dumps(event["v"])
-                    if len(text) > digest_over:  # the trusted side asks again if it differs
-                        del event["v"]
-                        event["h"] = hashlib.sha256(text.encode()).hexdigest()
+                if _type(out) is list and valuecodec.carried_as_is(out):
+                    event["v"] = out[:]  # a long list of numbers: one check, no walk
+                else:
+                    event["v"] = valuecodec.encode(to_plain(out))
+                if digest_over is not None and _longer_than(event["v"], digest_over):
+                    event["h"] = valuecodec.digest(event.pop("v"))  # asked again if it differs
             except (NotPlain, valuecodec.UnsupportedValue, RecursionError) as exc:
                 if not_none:  # all this test asks of an object: that it is not None
                     event["v"] = True
@@ -423,7 +439,16 @@ class Zygote:
             )
             _os_exit(70)
         try:
-            run_calls(fd, nonce, program, spec, job["calls"], job["mode"], job.get("full", False))
+            run_calls(
+                fd,
+                nonce,
+                program,
+                spec,
+                job["calls"],
+                job["groups"],
+                job["mode"],
+                job.get("full", False),
+            )
         finally:
             _os_exit(0)
 
@@ -433,8 +458,17 @@ class Zygote:
         if spec is None:
             return {"error": f"unknown problem key {job['key']!r}"}
         self.problems.move_to_end(job["key"])
-        # The problem's own calls, or (a later round) the ones the trusted side asks for.
-        job["calls"] = [decode_call(c) for c in job["calls"]] if "calls" in job else spec["calls"]
+        # The problem's own calls, a slice of them (a fail-fast first round and the rest),
+        # or (a later round) the ones the trusted side asks for.
+        job["groups"] = spec["groups"]
+        if "calls" in job:
+            job["calls"], job["groups"] = [decode_call(c) for c in job["calls"]], None
+        elif "slice" in job:
+            part = slice(*map(int, job["slice"]))
+            job["calls"] = spec["calls"][part]
+            job["groups"] = spec["groups"][part] if spec["groups"] else None
+        else:
+            job["calls"] = spec["calls"]
         nonce = secrets.token_hex(16)
         self._prepare_dirs()
         read_fd, write_fd = os.pipe()
@@ -533,7 +567,8 @@ class Zygote:
         return events, outcome
 
     def _cleanup(self, pid: int) -> int | None:
-        """Kill every process the job left and reap them; return the runner's wait status."""
+        """Kill every process the job left and reap them; return the runner's wait status.
+        (Its files go after the reply: ``wipe_job_files``.)"""
         if self.namespaced:
             try:
                 os.kill(-1, signal.SIGKILL)  # PID 1 of the namespace: everyone but us
@@ -551,9 +586,13 @@ class Zygote:
                 continue
             if got == pid:
                 status = st
+        return status
+
+    def wipe_job_files(self) -> None:
+        """Empty what the last job wrote. Done after its reply is sent (no process of it is
+        left by then), so the wipe overlaps the trusted side's judging."""
         for path in self.wiped:
             wipe(path)
-        return status
 
     def _kill_descendants(self, pid: int) -> None:
         """Without a PID namespace: kill the runner's session and every child that was
@@ -636,6 +675,7 @@ class Zygote:
 
     def serve(self, rfile, wfile) -> None:
         for line in rfile:
+            op = None
             try:
                 msg = json.loads(line)
                 op = msg.get("op")
@@ -659,6 +699,8 @@ class Zygote:
                 reply = {"error": f"{type(exc).__name__}: {exc}"}
             wfile.write((json.dumps(reply) + "\n").encode())
             wfile.flush()
+            if op == "run":
+                self.wipe_job_files()
 
 
 WIPE_DEPTH = 32  # deeper folders are moved up to the top before they are emptied

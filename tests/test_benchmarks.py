@@ -180,5 +180,5 @@ def test_loading_some_evalplus_tasks_computes_only_those(tmp_path, monkeypatch, 
             else:
                 assert mine.expected == whole.expected
     cached = sorted(f.name for f in tmp_path.glob("*.tasks/*"))
-    assert cached == sorted(t.replace("/", "_") + ".json.gz" for t in ids)
-    assert not list(tmp_path.glob("*.json.gz"))  # no whole-file cache from a partial load
+    assert cached == sorted(t.replace("/", "_") + ".json" for t in ids)
+    assert not list(tmp_path.glob("*.json"))  # no whole-file cache from a partial load
