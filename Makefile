@@ -23,16 +23,16 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/sdlib run $(PARAMS)
 
 test: $(VENV)/.installed
-	$(VENV)/bin/ruff check sdlib tests benchmarks
+	$(VENV)/bin/ruff check sdlib tests benchmarks notebooks
 	$(PY) -m pytest -q -p no:cacheprovider
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check sdlib tests benchmarks
-	$(VENV)/bin/ruff format --check sdlib tests benchmarks
+	$(VENV)/bin/ruff check sdlib tests benchmarks notebooks
+	$(VENV)/bin/ruff format --check sdlib tests benchmarks notebooks
 
 format: $(VENV)/.installed
-	$(VENV)/bin/ruff format sdlib tests benchmarks
-	$(VENV)/bin/ruff check --fix sdlib tests benchmarks
+	$(VENV)/bin/ruff format sdlib tests benchmarks notebooks
+	$(VENV)/bin/ruff check --fix sdlib tests benchmarks notebooks
 
 # Serve the raters' page: open http://localhost:8866/?run=smoke&rater=rater1
 rate: $(VENV)/.installed

@@ -1,51 +1,58 @@
-"""Helpers for building the stage notebooks (kept as code so that every notebook has the same
-parameters cell and stays short)."""
+"""What the stage notebooks' first cells call. JupyterLab and Voilà start a kernel in
+``notebooks/``, papermill (``sdlib run``) in the project root: paths in a notebook's parameters
+resolve from the project root either way, and the explorer opens the most recent run."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-PARAMETERS = '''# Parameters (papermill injects the run's values below this cell)
-params_path = "params/smoke.yaml"
-run_dir = "outputs/interactive"
-stage = "{stage}"'''
-
-LOAD = """from pathlib import Path
-from sdlib import params as P
-params = P.load(params_path)
-run_dir = Path(run_dir)
-run_dir.mkdir(parents=True, exist_ok=True)
-print(f"run {params.run_name}: {run_dir}")"""
+from .params import ParamsError, RunParams
+from .params import load as load_params
 
 
-def write_notebook(path: Path, stage: str, title: str, cells: list[tuple[str, str]]) -> None:
-    """cells: ("md" | "code", source)."""
-    import nbformat
-
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nb.cells.append(nbformat.v4.new_markdown_cell(title))
-    parameters = nbformat.v4.new_code_cell(PARAMETERS.format(stage=stage))
-    parameters.metadata["tags"] = ["parameters"]
-    nb.cells.append(parameters)
-    nb.cells.append(nbformat.v4.new_code_cell(LOAD))
-    for kind, source in cells:
-        cell = (
-            nbformat.v4.new_markdown_cell(source)
-            if kind == "md"
-            else nbformat.v4.new_code_cell(source)
-        )
-        nb.cells.append(cell)
-    stable_ids(nb, stage)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, str(path))
+def project_root(start: str | os.PathLike[str] | None = None) -> Path:
+    """The folder holding ``params/`` and ``notebooks/``: the first one from ``start`` (the
+    kernel's working folder) upwards, else the checkout this package was installed from."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "params").is_dir() and (folder / "notebooks").is_dir():
+            return folder
+    installed = Path(__file__).resolve().parents[1]
+    if (installed / "params").is_dir():
+        return installed
+    return here
 
 
-def stable_ids(nb, prefix: str) -> None:
-    """Cell ids derived from the position, so regenerating a notebook changes nothing in git."""
-    for index, cell in enumerate(nb.cells):
-        cell["id"] = f"{prefix}-{index:02d}"
+def resolve(path: str | os.PathLike[str]) -> Path:
+    """A notebook parameter's path: absolute as given, else from the project root."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else project_root() / path
+
+
+def latest_run(outputs: str | os.PathLike[str]) -> Path | None:
+    """The run folder under ``outputs`` whose manifest was written last (None: no run yet)."""
+    folder = resolve(outputs)
+    manifests = list(folder.glob("*/manifest.json")) if folder.is_dir() else []
+    return max(manifests, key=lambda p: p.stat().st_mtime).parent if manifests else None
+
+
+def open_stage(
+    params_path: str | os.PathLike[str], run_dir: str | os.PathLike[str] | None
+) -> tuple[RunParams, Path]:
+    """The params and run folder of a notebook. ``run_dir=None``: the most recent run under
+    the params' ``output_dir`` (the explorer's default), else a clear error."""
+    params = load_params(resolve(params_path))
+    if run_dir is None:
+        found = latest_run(params.output_dir)
+        if found is None:
+            raise ParamsError(
+                f"no run under {resolve(params.output_dir)} yet: run `make demo` (or "
+                "`sdlib run PARAMS.yaml`) first, or set run_dir to a run folder"
+            )
+        run = found
+    else:
+        run = resolve(run_dir)
+        run.mkdir(parents=True, exist_ok=True)
+    print(f"run {params.run_name}: {run}")
+    return params, run

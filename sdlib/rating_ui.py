@@ -380,34 +380,3 @@ def app_from_request(study: str | None = None, rater: str | None = None, run: st
     start.on_click(begin)
     box.children = [w.HTML("<h3>Who is rating?</h3>"), picker, start]
     return box
-
-
-def write_rate_notebook(path: str | os.PathLike[str]) -> None:
-    """``notebooks/rate.ipynb``: the page Voilà serves to raters (no parameters cell)."""
-    import nbformat
-
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nb.cells.append(
-        nbformat.v4.new_markdown_cell(
-            "# Rate explanations\n\nOpen with Voilà: `…/voila/render/rate.ipynb?run=<run>&rater=<you>`; "
-            "in JupyterLab set `study`/`rater` below. Every rating is saved the moment you give it."
-        )
-    )
-    nb.cells.append(
-        nbformat.v4.new_code_cell(
-            "from sdlib.rating_ui import app_from_request\n"
-            "study = None  # e.g. 'outputs/smoke/human_study' (default: ?study= / ?run= of the page)\n"
-            "rater = None  # e.g. 'rater1' (default: ?rater= of the page, else a chooser)\n"
-            "app_from_request(study=study, rater=rater)"
-        )
-    )
-    from .notebook import stable_ids
-
-    stable_ids(nb, "rate")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, str(path))
