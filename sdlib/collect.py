@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from . import prompts
+from .answers import judge_programs, read_answer
 from .generation import Backend, Completion, SamplingParams
 from .problems import Problem
 from .resumable import ResumableLog
 from .sandbox import Sandbox
-from .verdict import Verdict
 
 WRONG_BATCH = 8  # wrong solutions whose refinements are generated together
 
@@ -85,10 +85,6 @@ def complete(
     return model.backend.generate([p for _, p in requests], params)
 
 
-def no_code_verdict(problem: Problem, reason: str) -> Verdict:
-    return Verdict(status="no_code", total=len(problem.tests), feedback=reason or "no code")
-
-
 def sample_initial(
     problems: Sequence[Problem],
     model: Generator,
@@ -118,10 +114,8 @@ def sample_initial(
         completions = complete(model, [request], params)[0]
         unique: dict[str, dict[str, Any]] = {}
         for index, completion in enumerate(completions):
-            parsed = prompts.split_response(completion.text, problem.entry_point)
-            program = prompts.assemble_program(problem, parsed.code) if parsed.code else None
-            if program is None and parsed.broken_code:
-                program = prompts.assemble_program(problem, parsed.broken_code)  # -> syntax
+            answer = read_answer(problem, completion.text)
+            program = answer.program
             key = program if program is not None else "\0" + completion.text.strip()
             if key in unique:
                 unique[key]["duplicates"] += 1
@@ -133,24 +127,24 @@ def sample_initial(
                 "benchmark": problem.benchmark,
                 "prompt": prompt,
                 "response": completion.text,
-                "explanation": parsed.explanation,
-                "code": parsed.code or parsed.broken_code,
+                "explanation": answer.explanation,
+                "code": answer.code,
                 "program": program,
-                "parse_reason": parsed.reason,
+                "parse_reason": answer.parse_reason,
                 "duplicates": 0,
                 "finish_reason": completion.finish_reason,
                 "completion_tokens": completion.completion_tokens,
                 "model": model.name,
             }
         records = list(unique.values())
-        runnable = [r for r in records if r["program"] is not None]
-        verdicts = sandbox.run_many([(problem, r["program"]) for r in runnable])
-        for record, verdict in zip(runnable, verdicts):
+        verdicts = judge_programs(
+            sandbox,
+            [(problem, r["program"]) for r in records],
+            [r["parse_reason"] for r in records],
+        )
+        for record, verdict in zip(records, verdicts, strict=True):
             record["verdict"] = verdict.to_dict()
-        for record in records:
-            if record["program"] is None:
-                record["verdict"] = no_code_verdict(problem, record["parse_reason"]).to_dict()
-            record["feedback"] = prompts.format_feedback(Verdict.from_dict(record["verdict"]))
+            record["feedback"] = prompts.format_feedback(verdict)
         log.commit(problem.key, records)
 
 
@@ -213,8 +207,7 @@ def sample_refinements(
         for (record, mode, messages, prompt), completions in zip(jobs, outputs):
             problem = problems[record["task_id"]]
             for index, completion in enumerate(completions):
-                parsed = prompts.split_response(completion.text, problem.entry_point)
-                code = parsed.code or parsed.broken_code
+                answer = read_answer(problem, completion.text)
                 by_parent[record["id"]].append(
                     {
                         "id": f"{record['id']}/{mode}/{index}",
@@ -227,10 +220,10 @@ def sample_refinements(
                         "messages": messages,
                         "prompt": prompt,
                         "response": completion.text,
-                        "explanation": parsed.explanation if mode == "expl_refine" else "",
-                        "code": code,
-                        "program": prompts.assemble_program(problem, code) if code else None,
-                        "parse_reason": parsed.reason,
+                        "explanation": answer.explanation if mode == "expl_refine" else "",
+                        "code": answer.code,
+                        "program": answer.program,
+                        "parse_reason": answer.parse_reason,
                         "finish_reason": completion.finish_reason,
                         "completion_tokens": completion.completion_tokens,
                         "teacher": teacher.name,

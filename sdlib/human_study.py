@@ -32,6 +32,7 @@ from typing import Any
 
 from . import prompts
 from .agreement import bootstrap_ci, cohen_kappa, krippendorff_alpha
+from .answers import judge_programs, read_answer
 from .collect import chat_stop, complete, seed_for
 from .jsonl import read_records_tolerant, write_jsonl
 from .params import STAGE_MODELS, HumanStudyParams, NamedModel, RunParams
@@ -215,7 +216,6 @@ def _explain_with(
     """One Expl.+Refine answer per chosen wrong solution from one model; refined code run."""
     from .generation import SamplingParams
     from .models import stage_generator
-    from .verdict import Verdict
 
     cfg = params.human_study
     label = _label(entry)
@@ -239,8 +239,7 @@ def _explain_with(
     records = []
     for source, problem, (messages, prompt), completions in zip(problems, tasks, requests, outputs):
         completion = completions[0]
-        parsed = prompts.split_response(completion.text, problem.entry_point)
-        code = parsed.code or parsed.broken_code
+        answer = read_answer(problem, completion.text)
         records.append(
             {
                 "id": f"{source['id']}/{label}",
@@ -250,19 +249,21 @@ def _explain_with(
                 "messages": messages,
                 "prompt": prompt,
                 "response": completion.text,
-                "explanation": parsed.explanation,
-                "code": code,
-                "program": prompts.assemble_program(problem, code) if code else None,
+                "explanation": answer.explanation,
+                "code": answer.code,
+                "program": answer.program,
+                "parse_reason": answer.parse_reason,
                 "finish_reason": completion.finish_reason,
                 "completion_tokens": completion.completion_tokens,
             }
         )
-    runnable = [(r, p) for r, p in zip(records, tasks) if r["program"]]
-    verdicts = sandbox.run_many([(p, r["program"]) for r, p in runnable]) if runnable else []
-    for (record, _), verdict in zip(runnable, verdicts):
+    verdicts = judge_programs(
+        sandbox,
+        [(p, r["program"]) for r, p in zip(records, tasks, strict=True)],
+        [r["parse_reason"] for r in records],
+    )
+    for record, verdict in zip(records, verdicts, strict=True):
         record["verdict"] = verdict.to_dict()
-    for record in records:
-        record.setdefault("verdict", Verdict(status="no_code").to_dict())
     del generator
     gc.collect()
     return records

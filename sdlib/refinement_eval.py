@@ -41,13 +41,13 @@ from pathlib import Path
 from typing import Any
 
 from . import benchmarks, prompts
+from .answers import no_code_verdict, read_answer
 from .collect import (
     Generator,
     chat_stop,
     complete,
     initial_request,
     initial_stop,
-    no_code_verdict,
     seed_for,
 )
 from .generation import Completion, SamplingParams
@@ -96,18 +96,15 @@ def settings(params: RunParams) -> list[str]:
 
 def _record(problem: Problem, completion: Completion, mode: str | None) -> dict[str, Any]:
     """The parsed fields of one model answer, with the program that will be executed."""
-    parsed = prompts.split_response(completion.text, problem.entry_point)
-    code = parsed.code or parsed.broken_code
+    answer = read_answer(problem, completion.text)
     return {
         "response": completion.text,
-        "explanation": parsed.explanation if mode in (None, "expl_refine", RESAMPLE) else "",
-        "code": code,
+        "explanation": answer.explanation if mode in (None, "expl_refine", RESAMPLE) else "",
+        "code": answer.code,
         # No code: submit the bare prompt, as EvalPlus would (a counted failure).
-        "solution": prompts.assemble_program(problem, code)
-        if code
-        else problem.program_from_completion(""),
-        "no_code": not code,
-        "parse_reason": parsed.reason,
+        "solution": answer.program or problem.program_from_completion(""),
+        "no_code": not answer.code,
+        "parse_reason": answer.parse_reason,
         "finish_reason": completion.finish_reason,
         "completion_tokens": completion.completion_tokens,
     }

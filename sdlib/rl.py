@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from . import prompts
+from .answers import judge_programs, read_answer
 from .params import RunParams
 from .rewards import RewardConfig
 from .sft import trainable_checksum
@@ -325,10 +326,9 @@ def parse_rollout(
     problem: Any, mode: str, text: str
 ) -> tuple[Any, str | None, str | None, str | None]:
     """(parsed response, code, runnable program, explanation) of one sampled refinement."""
-    parsed = prompts.split_response(text, problem.entry_point)
-    code = parsed.code or parsed.broken_code
-    program = prompts.assemble_program(problem, code) if code else None
-    return parsed, code, program, parsed.explanation if mode == "expl_refine" else None
+    answer = read_answer(problem, text)
+    explanation = answer.explanation if mode == "expl_refine" else None
+    return answer.parsed, answer.code, answer.program, explanation
 
 
 def score_rollouts(
@@ -348,14 +348,13 @@ def score_rollouts(
     for item, rollout in zip(batch, rollouts, strict=True):
         parsed, code, program, expl = parse_rollout(problems[item.task_id], item.mode, rollout.text)
         rows.append({"parsed": parsed, "code": code, "program": program, "explanation": expl})
-    runnable = [i for i, row in enumerate(rows) if row["program"]]
-    verdicts = sandbox.run_many(
-        [(problems[batch[i].task_id], rows[i]["program"]) for i in runnable]
+    verdicts = judge_programs(
+        sandbox,
+        [(problems[item.task_id], row["program"]) for item, row in zip(batch, rows, strict=True)],
+        [row["parsed"].reason for row in rows],
     )
-    s_ut = [0.0] * len(rows)
-    status = ["no_code"] * len(rows)
-    for i, verdict in zip(runnable, verdicts, strict=True):
-        s_ut[i], status[i] = verdict.pass_fraction, verdict.status
+    s_ut = [v.pass_fraction for v in verdicts]
+    status = [v.status for v in verdicts]
     t_exec = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -856,11 +855,9 @@ def run_trl_baseline(
                 problem = problems[item.task_id]
                 _, code, program, expl = parse_rollout(problem, item.mode, rollout.text)
                 parsed_rows.append((problem, code, program, expl))
-            runnable = [k for k, r in enumerate(parsed_rows) if r[2]]
-            verdicts = sandbox.run_many([(parsed_rows[k][0], parsed_rows[k][2]) for k in runnable])
-            s_ut, statuses = [0.0] * len(batch), ["no_code"] * len(batch)
-            for k, verdict in zip(runnable, verdicts, strict=True):
-                s_ut[k], statuses[k] = verdict.pass_fraction, verdict.status
+            verdicts = judge_programs(sandbox, [(r[0], r[2]) for r in parsed_rows])
+            s_ut = [v.pass_fraction for v in verdicts]
+            statuses = [v.status for v in verdicts]
             t_exec = time.perf_counter() - start_exec
             start_rewards = time.perf_counter()
             rows = score_batch(

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import prompts
-from .collect import no_code_verdict
+from .answers import judge_programs
 from .jsonl import write_jsonl
 from .problems import Problem
 from .sandbox import Sandbox
@@ -35,22 +35,16 @@ def judge_refinements(
     sandbox: Sandbox,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    runnable = [r for r in refinements if r.get("program")]
-    verdicts = sandbox.run_many(
-        [(problems[r["task_id"]], r["program"]) for r in runnable],
+    verdicts = judge_programs(
+        sandbox,
+        [(problems[r["task_id"]], r.get("program")) for r in refinements],
+        [r.get("parse_reason", "") for r in refinements],
         progress="executing refinements" if progress else False,
     )
-    judged = {r["id"]: v for r, v in zip(runnable, verdicts)}
-    out = []
-    for record in refinements:
-        problem = problems[record["task_id"]]
-        verdict = judged.get(record["id"]) or no_code_verdict(
-            problem, record.get("parse_reason", "")
-        )
-        out.append(
-            {**record, "verdict": verdict.to_dict(), "feedback": prompts.format_feedback(verdict)}
-        )
-    return out
+    return [
+        {**record, "verdict": verdict.to_dict(), "feedback": prompts.format_feedback(verdict)}
+        for record, verdict in zip(refinements, verdicts, strict=True)
+    ]
 
 
 def sft_records(
