@@ -25,9 +25,11 @@ run_dir = "outputs/interactive"
 stage = "collect"
 
 # %%
+from sdlib.layout import RunLayout
 from sdlib.notebook import open_stage
 
 params, run_dir = open_stage(params_path, run_dir)  # paths from the project root
+run = RunLayout(run_dir)  # where every file of the run is
 
 # %%
 from sdlib import pipeline
@@ -43,7 +45,7 @@ import pandas as pd
 
 from sdlib.resumable import read_committed
 
-initial = read_committed(run_dir / "collect" / "initial.jsonl")
+initial = read_committed(run.initial)
 pd.Series([r["verdict"]["status"] for r in initial]).value_counts().rename("initial solutions")
 
 # %%

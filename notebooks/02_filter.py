@@ -25,9 +25,11 @@ run_dir = "outputs/interactive"
 stage = "filter"
 
 # %%
+from sdlib.layout import RunLayout
 from sdlib.notebook import open_stage
 
 params, run_dir = open_stage(params_path, run_dir)  # paths from the project root
+run = RunLayout(run_dir)  # where every file of the run is
 
 # %%
 from sdlib import pipeline, plots, trajectories
@@ -71,5 +73,5 @@ fig = plots.filter_overview(
     trajectories.outcome_counts(result["initial"]),
     trajectories.feedback_kinds(result["initial"]),
     trajectories.success_by_mode(result["judged"]),
-    save=run_dir / "filter" / "overview.png",
+    save=run.filter_overview,
 )

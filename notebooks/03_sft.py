@@ -25,9 +25,11 @@ run_dir = "outputs/interactive"
 stage = "sft"
 
 # %%
+from sdlib.layout import RunLayout
 from sdlib.notebook import open_stage
 
 params, run_dir = open_stage(params_path, run_dir)  # paths from the project root
+run = RunLayout(run_dir)  # where every file of the run is
 
 # %%
 from sdlib import sft
@@ -59,8 +61,8 @@ import json
 
 from IPython.display import Image
 
-metrics = json.loads((run_dir / "sft" / "metrics.json").read_text())
+metrics = json.loads(run.sft_metrics.read_text())
 print("records:", metrics["records"])
 print(f"held-out loss: {metrics['eval_loss_before']} -> {metrics['eval_loss_after']}")
 print(metrics.get("warmup_note", f"warm-up steps: {metrics['warmup_steps']}"))
-Image(filename=str(run_dir / "sft" / "loss.png"))
+Image(filename=str(run.sft_loss_plot))

@@ -25,9 +25,11 @@ run_dir = "outputs/interactive"
 stage = "rl"
 
 # %%
+from sdlib.layout import RunLayout
 from sdlib.notebook import open_stage
 
 params, run_dir = open_stage(params_path, run_dir)  # paths from the project root
+run = RunLayout(run_dir)  # where every file of the run is
 
 # %%
 from sdlib import rl
@@ -79,7 +81,7 @@ metrics[["step", *[c for c in metrics if c.startswith("seconds_")], "reward_shar
 # ## Samples
 
 # %%
-samples = pd.read_json(run_dir / "rl" / "samples.jsonl", lines=True)
+samples = pd.read_json(run.rl_samples, lines=True)
 samples.groupby("mode")[["r_code", "r_expl", "s_ut", "s_cb", "s_ex"]].mean()
 
 # %%

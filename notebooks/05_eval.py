@@ -25,9 +25,11 @@ run_dir = "outputs/interactive"
 stage = "eval"
 
 # %%
+from sdlib.layout import RunLayout
 from sdlib.notebook import open_stage
 
 params, run_dir = open_stage(params_path, run_dir)  # paths from the project root
+run = RunLayout(run_dir)  # where every file of the run is
 
 # %%
 from sdlib import eval_report, refinement_eval
@@ -56,10 +58,10 @@ Markdown(eval_report.refinement_rate_markdown(summary))
 # ## pass@1 by round: refinement against resampling with the same calls
 
 # %%
-Image(filename=str(run_dir / "eval" / "pass_by_round.png"))
+Image(filename=str(run.eval_plots[0]))
 
 # %%
-Image(filename=str(run_dir / "eval" / "refinement_rate.png"))
+Image(filename=str(run.eval_plots[1]))
 
 # %% [markdown]
 # ## Where the time went
@@ -82,7 +84,7 @@ pd.DataFrame(
 # %%
 first = summary["models"][0]
 initial, later = refinement_eval.load_rounds(
-    run_dir / "eval" / first / params.eval.benchmarks[0], params.eval.rounds
+    run.eval_setting(first, params.eval.benchmarks[0]), params.eval.rounds
 )
 chain = [r for records in later for r in records if r["mode"] == "expl_refine"][:1]
 for r in chain:
@@ -92,6 +94,6 @@ for r in chain:
     print("---- verdict:", r["verdict"]["status"])
 
 # %%
-print("summary:", run_dir / "eval" / "summary.json")
-print("table:  ", run_dir / "eval" / "table.md")
-print("plots:  ", run_dir / "eval" / "pass_by_round.png", run_dir / "eval" / "refinement_rate.png")
+print("summary:", run.eval_summary)
+print("table:  ", run.eval_table)
+print("plots:  ", *run.eval_plots)

@@ -25,9 +25,11 @@ run_dir = "outputs/interactive"
 stage = "human_study"
 
 # %%
+from sdlib.layout import RunLayout
 from sdlib.notebook import open_stage
 
 params, run_dir = open_stage(params_path, run_dir)  # paths from the project root
+run = RunLayout(run_dir)  # where every file of the run is
 
 # %%
 from sdlib import human_study, rating_ui

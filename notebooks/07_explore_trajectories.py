@@ -25,9 +25,11 @@ run_dir = None  # None: the most recent run under the params' output_dir
 stage = "explore"
 
 # %%
+from sdlib.layout import RunLayout
 from sdlib.notebook import open_stage
 
 params, run_dir = open_stage(params_path, run_dir)  # paths from the project root
+run = RunLayout(run_dir)  # where every file of the run is
 
 # %%
 import pandas as pd

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .layout import RunLayout
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdlib", description=__doc__)
@@ -99,8 +101,8 @@ def train_main(args: argparse.Namespace) -> int:
     except ParamsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    run_dir = Path(args.run_dir) if args.run_dir else Path(params.output_dir) / params.run_name
-    if not (run_dir / "filter").is_dir():
+    run_dir = Path(args.run_dir) if args.run_dir else params.run_dir()
+    if not RunLayout(run_dir).filter.is_dir():
         print(
             f"error: {run_dir / 'filter'} is missing: run the collect and filter stages first "
             f"(sdlib run {args.params} --stages collect,filter)",

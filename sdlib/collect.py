@@ -28,6 +28,7 @@ from typing import Any
 from . import prompts
 from .answers import judge_programs, read_answer
 from .generation import Backend, Completion, SamplingParams
+from .layout import RunLayout
 from .problems import Problem
 from .resumable import ResumableLog
 from .sandbox import Sandbox
@@ -237,4 +238,4 @@ def sample_refinements(
 
 
 def collect_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "collect"
+    return RunLayout.of(run_dir).collect

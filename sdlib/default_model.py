@@ -109,6 +109,6 @@ def build_default_model(params: RunParams, sandbox: Sandbox, out_root: Path | No
     texts = [f"{p.text}\n{p.reference}" for p in corpus if p.split in ("train", "validation")]
     problems = training_problems(params)[: tiny.n_problems]
     pairs = warm_start_pairs(problems, sandbox)
-    out_root = out_root or Path(params.output_dir) / "_models"
+    out_root = out_root or params.run_dir().parent / "_models"
     out_dir = out_root / f"tiny-{config.hash(str(len(pairs)))}"
     return build_tiny_model(texts, pairs, out_dir, config)

@@ -18,6 +18,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from .layout import RunLayout
 from .metrics import pass_at_k
 from .params import RunParams
 
@@ -132,7 +133,7 @@ def summarise(params: RunParams, run_dir: str | Path) -> dict[str, Any]:
         label = model_label(entry)
         for benchmark in params.eval.benchmarks:
             folder = benchmark_dir(run_dir, label, benchmark)
-            if not (folder / "initial.jsonl").is_file():
+            if not RunLayout.eval_round(folder, 0).is_file():
                 continue
             initial, later = load_rounds(folder, params.eval.rounds)
             if initial:
@@ -221,13 +222,14 @@ def write_summary(run_dir: str | Path, summary: dict[str, Any]) -> dict[str, Pat
     """summary.json, table.md and the two plots, under ``<run_dir>/eval/``."""
     from . import plots
 
-    folder = Path(run_dir) / "eval"
-    folder.mkdir(parents=True, exist_ok=True)
+    layout = RunLayout.of(run_dir)
+    layout.eval.mkdir(parents=True, exist_ok=True)
+    pass_by_round, refinement_rate = layout.eval_plots
     paths = {
-        "summary": folder / "summary.json",
-        "table": folder / "table.md",
-        "pass_by_round": folder / "pass_by_round.png",
-        "refinement_rate": folder / "refinement_rate.png",
+        "summary": layout.eval_summary,
+        "table": layout.eval_table,
+        "pass_by_round": pass_by_round,
+        "refinement_rate": refinement_rate,
     }
     paths["summary"].write_text(json.dumps(summary, indent=2))
     paths["table"].write_text(

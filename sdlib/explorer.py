@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .jsonl import BadLine, iter_jsonl
+from .layout import RunLayout
 from .resumable import MARKER
 
 ALL = "(all)"
@@ -61,23 +62,21 @@ def load_trajectories(run_dir: str | Path) -> list[dict[str, Any]]:
     """Every record of a run's collect, filter and eval outputs as explorer rows; each
     refinement also carries its parent's code and feedback (what the model was shown)."""
     run_dir = Path(run_dir)
+    layout = RunLayout(run_dir)
     rows: list[dict[str, Any]] = []
-    collect = run_dir / "collect"
-    if (collect / "initial.jsonl").is_file():
-        for line, r in read_with_lines(collect / "initial.jsonl"):
-            rows.append(
-                _row(r, "collect", r.get("model", ""), collect / "initial.jsonl", line, run_dir)
-            )
-    judged = run_dir / "filter" / "refinements.jsonl"
-    refinements = judged if judged.is_file() else collect / "refinements.jsonl"
+    if layout.initial.is_file():
+        for line, r in read_with_lines(layout.initial):
+            rows.append(_row(r, "collect", r.get("model", ""), layout.initial, line, run_dir))
+    judged = layout.judged_refinements
+    refinements = judged if judged.is_file() else layout.teacher_refinements
     if refinements.is_file():
         for line, r in read_with_lines(refinements, resumable=refinements != judged):
             rows.append(_row(r, "collect", r.get("teacher", ""), refinements, line, run_dir))
-    eval_root = run_dir / "eval"
+    eval_root = layout.eval
     if eval_root.is_dir():
         for model_dir in sorted(p for p in eval_root.iterdir() if p.is_dir()):
             for bench_dir in sorted(p for p in model_dir.iterdir() if p.is_dir()):
-                files = [bench_dir / "initial.jsonl"] + sorted(
+                files = [RunLayout.eval_round(bench_dir, 0)] + sorted(
                     bench_dir.glob("round*.jsonl"), key=lambda p: int(p.stem[5:] or 0)
                 )
                 for path in files:

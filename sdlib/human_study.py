@@ -35,6 +35,7 @@ from .agreement import bootstrap_ci, cohen_kappa, krippendorff_alpha
 from .answers import judge_programs, read_answer
 from .collect import chat_stop, complete, seed_for
 from .jsonl import read_records_tolerant, write_jsonl
+from .layout import RunLayout
 from .params import STAGE_MODELS, HumanStudyParams, NamedModel, RunParams
 from .ratings import all_ratings
 from .resumable import ResumableLog, read_committed
@@ -64,7 +65,7 @@ class StudyError(RuntimeError):
 
 
 def study_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "human_study"
+    return RunLayout.of(run_dir).human_study
 
 
 def _label(entry: str | NamedModel) -> str:
@@ -80,34 +81,31 @@ def find_source(
     """(source label, its initial records, notes): eval outputs of ``cfg.source_model`` (or
     the first model that has any), else the collect stage's initial solutions."""
     run_dir = Path(run_dir)
-    eval_root = run_dir / "eval"
+    layout = RunLayout.of(run_dir)
+    eval_root = layout.eval
     notes: list[str] = []
-    available = (
-        sorted(
-            (p.name for p in eval_root.iterdir() if p.is_dir() and any(p.glob("*/initial.jsonl"))),
-            key=lambda n: (STAGE_MODELS.index(n) if n in STAGE_MODELS else len(STAGE_MODELS), n),
-        )
-        if eval_root.is_dir()
-        else []
+    available = sorted(
+        layout.evaluated_models(),
+        key=lambda n: (STAGE_MODELS.index(n) if n in STAGE_MODELS else len(STAGE_MODELS), n),
     )
     if cfg.source_model is not None and cfg.source_model not in available:
         raise StudyError(
             f"human_study.source_model is {cfg.source_model!r} but {eval_root / cfg.source_model} "
-            f"holds no initial.jsonl; eval outputs exist for: {available or 'no model'}. Run the "
+            f"holds no initial samples; eval outputs exist for: {available or 'no model'}. Run the "
             "eval stage for it or set source_model to one of those (or null)"
         )
     if available:
         model = cfg.source_model or available[0]
-        folders = sorted(p.parent for p in (eval_root / model).glob("*/initial.jsonl"))
+        folders = layout.evaluated(model)
         wanted = [f for f in folders if f.name in cfg.benchmarks]
         if not wanted:
             notes.append(
                 f"no eval outputs of {model!r} for {cfg.benchmarks}; using {[f.name for f in folders]}"
             )
             wanted = folders
-        records = [r for f in wanted for r in read_committed(f / "initial.jsonl")]
+        records = [r for f in wanted for r in read_committed(RunLayout.eval_round(f, 0))]
         return f"eval/{model}", records, notes
-    collected = run_dir / "collect" / "initial.jsonl"
+    collected = RunLayout.of(run_dir).initial
     if collected.is_file():
         notes.append(
             f"no eval outputs under {eval_root}: the wrong solutions come from the collect "

@@ -30,7 +30,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-MANIFEST = "manifest.json"
+from . import layout
+from .layout import RunLayout
+
+MANIFEST = layout.MANIFEST
 
 PACKAGES = (
     "sdlib",
@@ -161,7 +164,7 @@ def build_manifest(
 
 
 def manifest_path(run_dir: str | os.PathLike[str]) -> Path:
-    return Path(run_dir) / MANIFEST
+    return RunLayout.of(run_dir).manifest
 
 
 def read_manifest(run_dir: str | os.PathLike[str]) -> dict[str, Any]:

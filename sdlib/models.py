@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from .collect import Generator
+from .layout import RunLayout
 from .params import ModelSpec, NamedModel, RunParams
 from .sandbox import Sandbox
 
@@ -91,7 +92,8 @@ def stage_generator(
         spec = params.model if params.teacher.kind == "self" else params.teacher
         generator = make_generator(spec, params, sandbox, progress=progress)
     elif entry in ("sft", "rl"):
-        folder = Path(run_dir) / entry / "model"
+        layout = RunLayout.of(run_dir)
+        folder = layout.sft_model if entry == "sft" else layout.rl_model
         if (
             not (folder / "adapter_config.json").is_file()
             and not (folder / "config.json").is_file()
@@ -101,7 +103,7 @@ def stage_generator(
                 f"the {entry} stage first (sdlib run PARAMS --stages {entry}) or remove "
                 f"{entry!r} from the list of models"
             )
-        sft_full = Path(run_dir) / "sft" / "model"
+        sft_full = layout.sft_model
         if (folder / "adapter_config.json").is_file():
             # RL trains a fresh adapter on a full SFT model when SFT was not LoRA
             on_full_sft = (

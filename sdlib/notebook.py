@@ -7,21 +7,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .layout import MANIFEST, project_root
 from .params import ParamsError, RunParams
 from .params import load as load_params
-
-
-def project_root(start: str | os.PathLike[str] | None = None) -> Path:
-    """The folder holding ``params/`` and ``notebooks/``: the first one from ``start`` (the
-    kernel's working folder) upwards, else the checkout this package was installed from."""
-    here = Path(start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "params").is_dir() and (folder / "notebooks").is_dir():
-            return folder
-    installed = Path(__file__).resolve().parents[1]
-    if (installed / "params").is_dir():
-        return installed
-    return here
 
 
 def resolve(path: str | os.PathLike[str]) -> Path:
@@ -33,7 +21,7 @@ def resolve(path: str | os.PathLike[str]) -> Path:
 def latest_run(outputs: str | os.PathLike[str]) -> Path | None:
     """The run folder under ``outputs`` whose manifest was written last (None: no run yet)."""
     folder = resolve(outputs)
-    manifests = list(folder.glob("*/manifest.json")) if folder.is_dir() else []
+    manifests = list(folder.glob(f"*/{MANIFEST}")) if folder.is_dir() else []
     return max(manifests, key=lambda p: p.stat().st_mtime).parent if manifests else None
 
 
@@ -44,10 +32,10 @@ def open_stage(
     the params' ``output_dir`` (the explorer's default), else a clear error."""
     params = load_params(resolve(params_path))
     if run_dir is None:
-        found = latest_run(params.output_dir)
+        found = latest_run(params.run_dir().parent)
         if found is None:
             raise ParamsError(
-                f"no run under {resolve(params.output_dir)} yet: run `make demo` (or "
+                f"no run under {params.run_dir().parent} yet: run `make demo` (or "
                 "`sdlib run PARAMS.yaml`) first, or set run_dir to a run folder"
             )
         run = found

@@ -254,8 +254,15 @@ class RunParams(Strict):
     eval: EvalParams = Field(default_factory=EvalParams)
     human_study: HumanStudyParams = Field(default_factory=HumanStudyParams)
 
-    def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.run_name
+    def run_dir(self, root: str | os.PathLike[str] | None = None) -> Path:
+        """The run's folder: ``output_dir/run_name``, a relative ``output_dir`` taken from the
+        project root (``root``, else the folder holding params/ and notebooks/)."""
+        from .layout import project_root
+
+        out = Path(self.output_dir).expanduser()
+        if not out.is_absolute():
+            out = Path(root or project_root()) / out
+        return out / self.run_name
 
     def data_directory(self) -> str | None:
         return self.data_dir or os.environ.get("SDLIB_DATA_DIR")

@@ -10,6 +10,7 @@ from typing import Any
 from . import benchmarks, trajectories
 from .collect import collect_dir, sample_initial, sample_refinements, wrong_solutions
 from .default_model import DISCLAIMER
+from .layout import RunLayout
 from .params import RunParams
 from .resumable import ResumableLog, read_committed
 from .sandbox import Sandbox
@@ -48,7 +49,7 @@ def run_collect(params: RunParams, run_dir: str | Path, progress: bool = True) -
         record_sandbox(run_dir, sandbox)
         model = make_generator(params.model, params, sandbox, progress=progress)
         teacher = make_teacher(params, model, sandbox)
-        with ResumableLog(folder / "initial.jsonl") as log:
+        with ResumableLog(RunLayout(run_dir).initial) as log:
             resumed_initial = len(log.done)
             sample_initial(
                 problems,
@@ -65,7 +66,7 @@ def run_collect(params: RunParams, run_dir: str | Path, progress: bool = True) -
             initial = log.records
         t_initial = time.perf_counter() - start
         wrong = wrong_solutions(initial, cfg.max_wrong_per_problem)
-        with ResumableLog(folder / "refinements.jsonl") as log:
+        with ResumableLog(RunLayout(run_dir).teacher_refinements) as log:
             resumed_wrong = len(log.done)
             sample_refinements(
                 wrong,
@@ -97,14 +98,13 @@ def run_collect(params: RunParams, run_dir: str | Path, progress: bool = True) -
 
 
 def load_collected(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
-    folder = collect_dir(run_dir)
-    for name in ("initial.jsonl", "refinements.jsonl"):
-        if not (folder / name).is_file():
+    layout = RunLayout.of(run_dir)
+    for path in (layout.initial, layout.teacher_refinements):
+        if not path.is_file():
             raise FileNotFoundError(
-                f"{folder / name} is missing: run the collect stage first "
-                f"(sdlib run PARAMS --stages collect)"
+                f"{path} is missing: run the collect stage first (sdlib run PARAMS --stages collect)"
             )
-    return read_committed(folder / "initial.jsonl"), read_committed(folder / "refinements.jsonl")
+    return read_committed(layout.initial), read_committed(layout.teacher_refinements)
 
 
 def run_filter(params: RunParams, run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
@@ -128,5 +128,5 @@ def run_filter(params: RunParams, run_dir: str | Path, progress: bool = True) ->
     table["sft_records"] = len(sft)
     table["sft_by_source"] = dict(trajectories.Counter(r["source"] for r in sft))
     table["rl_records"] = len(rl)
-    trajectories.write_outputs(run_dir / "filter", judged, sft, rl, table)
+    trajectories.write_outputs(RunLayout.of(run_dir).filter, judged, sft, rl, table)
     return {"table": table, "initial": initial, "judged": judged}

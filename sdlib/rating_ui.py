@@ -342,13 +342,14 @@ class RatingApp:
 
 def resolve_study(study: str | None = None, run: str | None = None) -> Path:
     """A study folder from ``study`` (a path; relative = from the project root) or ``run``."""
+    from .layout import RunLayout
     from .manifest import PROJECT_ROOT
 
     if study:
         path = Path(study).expanduser()
         return path if path.is_absolute() else PROJECT_ROOT / path
     if run:
-        return PROJECT_ROOT / "outputs" / run / "human_study"
+        return RunLayout(PROJECT_ROOT / "outputs" / run).human_study
     raise StudyError("say which study to open: ?run=<run name> or ?study=<folder>")
 
 

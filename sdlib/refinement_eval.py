@@ -52,6 +52,7 @@ from .collect import (
 )
 from .generation import Completion, SamplingParams
 from .jsonl import write_jsonl
+from .layout import RunLayout
 from .params import NamedModel, RunParams
 from .problems import Problem
 from .resumable import ResumableLog, read_committed
@@ -63,11 +64,11 @@ RESAMPLE = "resample"
 
 
 def eval_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "eval"
+    return RunLayout.of(run_dir).eval
 
 
 def benchmark_dir(run_dir: str | Path, model: str, benchmark: str) -> Path:
-    return eval_dir(run_dir) / model / benchmark
+    return RunLayout.of(run_dir).eval_setting(model, benchmark)
 
 
 def eval_problems(params: RunParams, benchmark: str) -> list[Problem]:
@@ -222,7 +223,7 @@ class BenchmarkRun:
 
 
 def _round_log_path(folder: Path, round_: int) -> Path:
-    return folder / ("initial.jsonl" if round_ == 0 else f"round{round_}.jsonl")
+    return RunLayout.eval_round(folder, round_)
 
 
 def is_complete(folder: Path, problems: Sequence[Problem], rounds: int) -> bool:
@@ -483,14 +484,14 @@ def export_evalplus(
     order = {p.task_id: i for i, p in enumerate(problems)}
     initial = sorted(initial, key=lambda s: (order.get(s["task_id"], 1 << 30), s["index"]))
     write_jsonl(
-        folder / "samples.jsonl",
+        RunLayout.eval_export(folder),
         ({"task_id": s["task_id"], "solution": s["solution"]} for s in initial),
     )
     for setting in setting_names:
         for round_ in range(1, rounds + 1):
             state = chain_state(initial, later, setting, round_)
             write_jsonl(
-                folder / f"samples_{setting}_r{round_}.jsonl",
+                RunLayout.eval_export(folder, setting, round_),
                 (
                     {"task_id": s["task_id"], "solution": state[s["id"]]["solution"]}
                     for s in initial

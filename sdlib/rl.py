@@ -44,14 +44,11 @@ from typing import Any
 
 from . import prompts
 from .answers import judge_programs, read_answer
+from .layout import RunLayout
 from .params import RunParams
 from .rewards import RewardConfig
 from .sft import trainable_checksum
 
-SAMPLES_FILE = "samples.jsonl"
-METRICS_FILE = "metrics.jsonl"
-EVAL_FILE = "eval.json"  # the before/after check on fixed prompts (rl.eval_prompts)
-SUMMARY_FILE = "summary.json"
 REFERENCE_ADAPTER = "reference"
 VALUE_HEAD_FILE = "value_head.pt"
 
@@ -113,7 +110,7 @@ def rl_prompts(records: Sequence[dict[str, Any]]) -> list[RLPrompt]:
 
 
 def load_rl_prompts(run_dir: str | Path) -> list[RLPrompt]:
-    path = Path(run_dir) / "filter" / "rl.jsonl"
+    path = RunLayout.of(run_dir).rl_set
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} is missing: run the collect and filter stages first "
@@ -181,7 +178,7 @@ def load_policy(base_path: str, run_dir: Path, params: RunParams, device: str) -
 
     from .generation import _resolve_dtype
 
-    sft = Path(run_dir) / "sft" / "model"
+    sft = RunLayout.of(run_dir).sft_model
     dtype = _resolve_dtype(params.model.dtype, device)
     if (sft / "adapter_config.json").is_file():
         start, model_path = "sft_adapter", base_path
@@ -431,7 +428,7 @@ def plot_rewards(metrics: Sequence[dict[str, Any]], save: Path | None = None):
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     from .jsonl import read_jsonl
 
-    records, _bad = read_jsonl(Path(run_dir) / "rl" / METRICS_FILE)
+    records, _bad = read_jsonl(RunLayout.of(run_dir).rl_metrics)
     return records
 
 
@@ -510,7 +507,8 @@ def run_rl(params: RunParams, run_dir: str | Path, progress: bool = True) -> dic
 
     cfg = params.rl
     run_dir = Path(run_dir)
-    out_dir = run_dir / "rl"
+    layout = RunLayout.of(run_dir)
+
     accelerator = _accelerator("cuda" if torch.cuda.is_available() else "cpu")
     main = accelerator.is_main_process
     n_proc, rank = accelerator.num_processes, accelerator.process_index
@@ -520,7 +518,7 @@ def run_rl(params: RunParams, run_dir: str | Path, progress: bool = True) -> dic
             "(every process takes an equal share of each step's rollouts)"
         )
     if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        layout.rl.mkdir(parents=True, exist_ok=True)
     items = limit_prompts(load_rl_prompts(run_dir), cfg.max_prompts, params.seed)
     problems = {p.task_id: p for p in training_problems(params)}
     missing = sorted({i.task_id for i in items} - set(problems))
@@ -607,8 +605,8 @@ def run_rl(params: RunParams, run_dir: str | Path, progress: bool = True) -> dic
         torch.manual_seed(params.seed + rank)
         batches = prompt_batches(items, cfg.batch_size, params.seed)
         if main:
-            (out_dir / METRICS_FILE).write_text("")
-            (out_dir / SAMPLES_FILE).write_text("")
+            layout.rl_metrics.write_text("")
+            layout.rl_samples.write_text("")
         bar = tqdm(range(cfg.steps), desc="PPO", unit="step", disable=not (progress and main))
         for step in bar:
             t0 = time.perf_counter()
@@ -661,26 +659,26 @@ def run_rl(params: RunParams, run_dir: str | Path, progress: bool = True) -> dic
             }
             metrics.append(row)
             if main:
-                with open(out_dir / METRICS_FILE, "a") as handle:
+                with open(layout.rl_metrics, "a") as handle:
                     handle.write(json.dumps(row) + "\n")
-                with open(out_dir / SAMPLES_FILE, "a") as handle:
+                with open(layout.rl_samples, "a") as handle:
                     for s in scored:
                         handle.write(json.dumps({"step": step, **s}) + "\n")
             bar.set_postfix(reward=f"{row['reward_mean']:.2f}", kl=f"{row['kl']:.3f}")
         check("after")
     unwrapped = accelerator.unwrap_model(model)
-    model_dir = out_dir / "model"
+    model_dir = layout.rl_model
     evaluation = _eval_report(evals, cfg, params.seed) if evals else None
     if main:
         unwrapped.policy.save_pretrained(str(model_dir), selected_adapters=["default"])
         tokenizer.save_pretrained(str(model_dir))
         torch.save(unwrapped.value_head.state_dict(), model_dir / VALUE_HEAD_FILE)
-        plot_rewards(metrics, out_dir / "reward.png")
+        plot_rewards(metrics, layout.rl_reward_plot)
         import matplotlib.pyplot as plt
 
         plt.close("all")
         if evaluation is not None:
-            (out_dir / EVAL_FILE).write_text(json.dumps(evaluation, indent=1))
+            layout.rl_eval.write_text(json.dumps(evaluation, indent=1))
     accelerator.wait_for_everyone()
     seconds = time.perf_counter() - t_run
     sums = {
@@ -731,7 +729,7 @@ def run_rl(params: RunParams, run_dir: str | Path, progress: bool = True) -> dic
         ),
     }
     if main:
-        (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
+        layout.rl_summary.write_text(json.dumps(summary, indent=1))
     return summary
 
 
@@ -813,13 +811,14 @@ def run_trl_baseline(
 
     cfg = params.rl
     run_dir = Path(run_dir)
-    out_dir = run_dir / "rl"
+    layout = RunLayout.of(run_dir)
+
     accelerator = _accelerator("cuda" if torch.cuda.is_available() else "cpu")
     main, n_proc = accelerator.is_main_process, accelerator.num_processes
     if cfg.batch_size % n_proc:
         raise ValueError(f"rl.batch_size {cfg.batch_size} must be divisible by {n_proc} processes")
     if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        layout.rl.mkdir(parents=True, exist_ok=True)
     items = limit_prompts(load_rl_prompts(run_dir), cfg.max_prompts, params.seed)
     by_id = {i.id: i for i in items}
     problems = {p.task_id: p for p in training_problems(params)}
@@ -892,7 +891,7 @@ def run_trl_baseline(
             )
             if not main:
                 return local
-            with open(out_dir / SAMPLES_FILE, "a") as handle:
+            with open(layout.rl_samples, "a") as handle:
                 for item, text, r, st in zip(batch, texts, rows, statuses, strict=True):
                     handle.write(
                         json.dumps(
@@ -917,7 +916,7 @@ def run_trl_baseline(
                 step_times.append(time.perf_counter() - self.t)
 
         common = dict(
-            output_dir=str(out_dir / "trl"),
+            output_dir=str(layout.rl_trl),
             max_steps=cfg.steps,
             learning_rate=cfg.learning_rate,
             per_device_train_batch_size=cfg.batch_size // n_proc,
@@ -941,7 +940,7 @@ def run_trl_baseline(
             from trl import RLOOConfig as Config
             from trl import RLOOTrainer as Trainer
         if main:
-            (out_dir / SAMPLES_FILE).write_text("")
+            layout.rl_samples.write_text("")
         trainer = Trainer(
             model=peft_model,
             reward_funcs=reward,
@@ -970,12 +969,12 @@ def run_trl_baseline(
             "trl": log,
         }
         metrics.append(row)
-    model_dir = out_dir / "model"
+    model_dir = layout.rl_model
     trainer.save_model(str(model_dir))  # the main process writes
     if main:
-        (out_dir / METRICS_FILE).write_text("".join(json.dumps(m) + "\n" for m in metrics))
+        layout.rl_metrics.write_text("".join(json.dumps(m) + "\n" for m in metrics))
         tokenizer.save_pretrained(str(model_dir))
-        plot_rewards(metrics, out_dir / "reward.png")
+        plot_rewards(metrics, layout.rl_reward_plot)
         import matplotlib.pyplot as plt
 
         plt.close("all")

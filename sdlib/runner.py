@@ -34,6 +34,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from . import layout
+from .layout import RunLayout
 from .manifest import (
     PROJECT_ROOT,
     build_manifest,
@@ -47,7 +49,7 @@ from .params import STAGES, RunParams, load
 
 __all__ = ["run", "RunResult", "StageResult", "RunError", "stage_hashes", "DONE"]
 
-DONE = "DONE.json"
+DONE = layout.DONE
 # Params that name where a run lives or which stages an invocation picks, not what it computes.
 UNHASHED = ("run_name", "output_dir", "data_dir", "stages")
 TRACEBACK_LINES = 15
@@ -155,7 +157,7 @@ def _select(stages: str | Sequence[str] | None, params: RunParams) -> list[str]:
 
 def _read_done(run_dir: Path, stage: str) -> dict[str, Any] | None:
     try:
-        done = json.loads((run_dir / stage / DONE).read_text())
+        done = json.loads(RunLayout(run_dir).done(stage).read_text())
     except (OSError, ValueError):
         return None
     return done if isinstance(done, dict) else None
@@ -185,7 +187,7 @@ def _run_lock(run_dir: Path) -> Iterator[None]:
     except ImportError:
         yield
         return
-    with open(run_dir / ".run.lock", "a") as lock:
+    with open(RunLayout(run_dir).lock, "a") as lock:
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -254,10 +256,7 @@ def run(
 
     notebooks_in = _find(notebooks_dir)
     project_root = notebooks_in.parent
-    output_dir = Path(params.output_dir).expanduser()
-    if not output_dir.is_absolute():
-        output_dir = project_root / output_dir
-    run_dir = (output_dir / name).resolve()
+    run_dir = params.run_dir(project_root).resolve()
 
     hashes = stage_hashes(params)
     plan: list[tuple[str, bool, str]] = []  # (stage, run it, reason)
@@ -325,12 +324,12 @@ def check_sandbox(params: RunParams) -> dict[str, Any]:
 
 def _results_of(run_dir: Path) -> list[tuple[str, Path]]:
     """Where a run's headline results are, for the last lines of its output."""
+    run = RunLayout(run_dir)
     candidates = [
-        ("eval summary table", run_dir / "eval" / "table.md"),
-        ("eval summary json", run_dir / "eval" / "summary.json"),
-        ("eval plots", run_dir / "eval" / "pass_by_round.png"),
-        ("eval plots", run_dir / "eval" / "refinement_rate.png"),
-        ("human study", run_dir / "human_study"),
+        ("eval summary table", run.eval_table),
+        ("eval summary json", run.eval_summary),
+        *(("eval plots", plot) for plot in run.eval_plots),
+        ("human study", run.human_study),
     ]
     return [(label, path) for label, path in candidates if path.exists()]
 
@@ -350,9 +349,9 @@ def _execute(
 
     from .params import dump
 
-    resolved = run_dir / "params.yaml"
+    resolved = RunLayout(run_dir).params
     dump(params, resolved)
-    executed_dir = run_dir / "notebooks"
+    executed_dir = RunLayout(run_dir).notebooks
     executed_dir.mkdir(exist_ok=True)
 
     manifest = build_manifest(params, run_dir, project_root)
@@ -413,7 +412,7 @@ def _execute(
             print(f"{head}: skipped ({reason})", flush=True)
             result.stages.append(StageResult(stage, "skipped", reason, notebook=out_nb))
             continue
-        stage_dir = run_dir / stage
+        stage_dir = RunLayout(run_dir).stage(stage)
         (stage_dir / DONE).unlink(missing_ok=True)
         stage_dir.mkdir(exist_ok=True)
         started = now()

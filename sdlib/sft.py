@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from . import prompts
+from .layout import RunLayout
 from .params import RunParams
 
 WARMUP_CAP = 0.1  # at most this share of the optimizer steps is warm-up
@@ -38,7 +39,7 @@ REFINEMENT_SOURCES = ("refine", "expl_refine")
 
 
 def sft_file(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "filter" / "sft.jsonl"
+    return RunLayout.of(run_dir).sft_set
 
 
 def load_sft_records(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -331,7 +332,8 @@ def run_sft(params: RunParams, run_dir: str | Path, progress: bool = True) -> di
     _check_method(cfg.method)
     run_dir = Path(run_dir)
     records = load_sft_records(run_dir)
-    out = run_dir / "sft"
+    layout = RunLayout.of(run_dir)
+    out = layout.sft
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 
@@ -358,7 +360,9 @@ def run_sft(params: RunParams, run_dir: str | Path, progress: bool = True) -> di
         len(train_ds), cfg.batch_size, cfg.gradient_accumulation_steps, cfg.epochs
     )
     warmup, warmup_note = capped_warmup(cfg.warmup_steps, total)
-    trainer = build_trainer(params, path, train_ds, held_ds, out / "checkpoints", progress, warmup)
+    trainer = build_trainer(
+        params, path, train_ds, held_ds, layout.sft_checkpoints, progress, warmup
+    )
 
     def held_out_losses() -> tuple[float | None, float | None]:
         every = trainer.evaluate()["eval_loss"] if held_ds is not None else None
@@ -373,13 +377,13 @@ def run_sft(params: RunParams, run_dir: str | Path, progress: bool = True) -> di
     after, refine_after = held_out_losses()
 
     main = trainer.accelerator.is_main_process
-    model_dir = out / "model"
+    model_dir = layout.sft_model
     trainer.save_model(str(model_dir))  # writes on the main process only
     merged_dir = None
     if main:
         trainer.processing_class.save_pretrained(model_dir)
         if cfg.merge and cfg.method in ("lora", "qlora"):
-            merged_dir = out / "merged"
+            merged_dir = layout.sft_merged
             _merge(path, model_dir, merged_dir, trainer.processing_class)
     trainer.accelerator.wait_for_everyone()
 
@@ -429,11 +433,11 @@ def run_sft(params: RunParams, run_dir: str | Path, progress: bool = True) -> di
 
         metrics["note"] = DISCLAIMER
     if main:
-        checkpoints = out / "checkpoints"
+        checkpoints = layout.sft_checkpoints
         if checkpoints.is_dir() and not any(checkpoints.iterdir()):
             checkpoints.rmdir()
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        fig = loss_plot(metrics, save=out / "loss.png")
+        layout.sft_metrics.write_text(json.dumps(metrics, indent=1))
+        fig = loss_plot(metrics, save=layout.sft_loss_plot)
         plt.close(fig)
     trainer.accelerator.wait_for_everyone()
     return {k: v for k, v in metrics.items() if k != "train_losses"} | {

@@ -24,6 +24,7 @@ from typing import Any
 from . import prompts
 from .answers import judge_programs
 from .jsonl import write_jsonl
+from .layout import RunLayout
 from .problems import Problem
 from .sandbox import Sandbox
 from .verdict import Verdict
@@ -199,7 +200,8 @@ def write_outputs(folder: Path, judged, sft, rl, table) -> None:
     import json
 
     folder.mkdir(parents=True, exist_ok=True)
-    write_jsonl(folder / "refinements.jsonl", judged)
-    write_jsonl(folder / "sft.jsonl", sft)
-    write_jsonl(folder / "rl.jsonl", rl)
-    (folder / "table.json").write_text(json.dumps(table, indent=2))
+    layout = RunLayout(folder.parent)
+    write_jsonl(layout.judged_refinements, judged)
+    write_jsonl(layout.sft_set, sft)
+    write_jsonl(layout.rl_set, rl)
+    layout.filter_table.write_text(json.dumps(table, indent=2))

@@ -190,4 +190,5 @@ def test_rate_two_items_by_clicking_reload_and_resume(voila_server, browser):
     wait.until(
         EC.text_to_be_present_in_element((By.CSS_SELECTOR, ".sdlib-progress"), "item 3 of 6")
     )
-    assert "You rated this item: correctness 3, helpfulness 4" in browser.page_source
+    # the progress line and the item's own text are two widget updates: wait for both
+    wait.until(lambda b: "You rated this item: correctness 3, helpfulness 4" in b.page_source)
