@@ -10,6 +10,7 @@ so redoing that unit cannot duplicate anything.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,19 @@ from typing import Any
 from .jsonl import JsonlWriter, read_records_tolerant, write_jsonl
 
 MARKER = "_committed"
+# Crash tests: with SDLIB_KILL_AFTER_COMMITS=N set, the process SIGKILLs itself right after
+# its N-th commit (all logs together), so a test kills a run at a known point, not in a race.
+KILL_AFTER_COMMITS = "SDLIB_KILL_AFTER_COMMITS"
+_commits = 0
+
+
+def _crash_if_asked() -> None:
+    global _commits
+    limit = os.environ.get(KILL_AFTER_COMMITS)
+    if limit:
+        _commits += 1
+        if _commits >= int(limit):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class ResumableLog:
@@ -44,6 +58,7 @@ class ResumableLog:
         self._writer.write_many([*batch, {MARKER: unit, "n": len(batch)}])
         self._records.extend(batch)
         self.done.add(unit)
+        _crash_if_asked()
 
     def close(self) -> None:
         self._writer.close()

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from sdlib.evaluate import evaluate_samples
 from sdlib.metrics import pass_at_k
 from sdlib.params import ParamsError, parse
 from sdlib.refinement_eval import chain_state, load_rounds
-from sdlib.resumable import read_committed
+from sdlib.resumable import KILL_AFTER_COMMITS, read_committed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -168,23 +167,14 @@ def killed_and_resumed(tmp_path_factory, data_dir):
     run_dir = folder / "outputs" / "evalmini"
     log = run_dir / "eval" / "base" / "mbpp" / "initial.jsonl"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
+    killed = subprocess.run(  # SIGKILLed by itself right after its second commit
         [sys.executable, "-c", _eval_script(params)],
         cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        env={**env, KILL_AFTER_COMMITS: "2"},
+        capture_output=True,
+        timeout=600,
     )
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        if log.is_file() and log.read_text().count('"_committed"') >= 2:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, (
-        "the eval ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
-    )
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
     before = read_committed(log)
     done_before = {r["task_id"] for r in before}
     assert done_before and len(done_before) < 3

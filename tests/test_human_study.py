@@ -168,7 +168,7 @@ def test_rerun_is_idempotent_and_changes_after_ratings_are_refused(run):
     study = human_study.study_dir(run_dir)
     before = {p.name: p.read_bytes() for p in study.iterdir() if p.is_file()}
     summary = human_study.prepare_study(params, run_dir, progress=False)
-    assert summary["prepared_now"] is False and summary["seconds"] < 2
+    assert summary["prepared_now"] is False  # nothing generated again: the files are the same
     after = {p.name: p.read_bytes() for p in study.iterdir() if p.is_file()}
     assert before == after
 

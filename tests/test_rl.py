@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 
 from sdlib import prompts, rl, trajectories
+from sdlib.jsonl import write_jsonl
+from sdlib.layout import RunLayout
 from sdlib.params import parse
+from sdlib.rewards import code_reward
 
 PARAMS = {
     "run_name": "rlmini",
@@ -39,60 +42,61 @@ PARAMS = {
 
 
 def _write_rl_jsonl(params, run_dir: Path) -> list[dict]:
-    """rl.jsonl in the filter stage's contract: per problem one wrong solution (a failing
-    mutant), a Refine and an Expl.+Refine refinement; the first problem's refinements pass
-    (so its prompts have reference code and explanations), the others fail (no references)."""
+    """rl.jsonl made by the filter stage's own code: per problem one wrong solution (a failing
+    mutant) and a Refine and an Expl.+Refine refinement, judged by
+    ``trajectories.judge_refinements``; the first problem's refinements are its reference (so
+    its prompts get reference code and explanations), the others repeat the mutant."""
     from sdlib.default_model import synthetic_explanation, training_problems
     from sdlib.mutants import mutants
     from sdlib.pipeline import sandbox_for
 
     problems = training_problems(params)
-    initial, judged = [], []
+    initial, refinements = [], []
     with sandbox_for(params) as sandbox:
         jobs = []
         for problem in problems:
             for kind, program in list(mutants(problem.reference, problem.entry_point).items())[:2]:
                 jobs.append((problem, kind, program))
         verdicts = sandbox.run_many([(p, prog) for p, _, prog in jobs])
-    seen = set()
-    for (problem, kind, program), verdict in zip(jobs, verdicts):
-        if verdict.ok or problem.task_id in seen:
-            continue
-        seen.add(problem.task_id)
-        wid = f"{problem.task_id}/w0"
-        feedback = prompts.format_feedback(verdict)
-        initial.append(
-            {
-                "id": wid,
-                "task_id": problem.task_id,
-                "code": program,
-                "verdict": verdict.to_dict(),
-                "feedback": feedback,
-            }
-        )
-        good = len(seen) == 1
-        for mode in ("refine", "expl_refine"):
-            expl = synthetic_explanation(kind, verdict) if mode == "expl_refine" else ""
-            judged.append(
+        seen = set()
+        for (problem, kind, program), verdict in zip(jobs, verdicts):
+            if verdict.ok or problem.task_id in seen:
+                continue
+            seen.add(problem.task_id)
+            wid = f"{problem.task_id}/w0"
+            feedback = prompts.format_feedback(verdict)
+            initial.append(
                 {
-                    "id": f"{wid}/{mode}/0",
-                    "parent": wid,
+                    "id": wid,
                     "task_id": problem.task_id,
-                    "mode": mode,
-                    "messages": prompts.refine_messages(problem, program, feedback, mode),
-                    "response": prompts.format_answer(problem.reference, expl),
-                    "explanation": expl,
-                    "code": problem.reference if good else program,
-                    "verdict": {
-                        "status": "pass" if good else verdict.status,
-                        "passed": verdict.total if good else verdict.passed,
-                        "total": verdict.total,
-                    },
+                    "code": program,
+                    "verdict": verdict.to_dict(),
+                    "feedback": feedback,
                 }
             )
+            code = problem.reference if len(seen) == 1 else program
+            for mode in ("refine", "expl_refine"):
+                expl = synthetic_explanation(kind, verdict) if mode == "expl_refine" else ""
+                refinements.append(
+                    {
+                        "id": f"{wid}/{mode}/0",
+                        "parent": wid,
+                        "task_id": problem.task_id,
+                        "mode": mode,
+                        "messages": prompts.refine_messages(problem, program, feedback, mode),
+                        "response": prompts.format_answer(code, expl),
+                        "explanation": expl,
+                        "code": code,
+                        "program": prompts.assemble_program(problem, code),
+                        "parse_reason": "",
+                    }
+                )
+        judged = trajectories.judge_refinements(
+            refinements, {p.task_id: p for p in problems}, sandbox, progress=False
+        )
+    assert [r["verdict"]["status"] == "pass" for r in judged[:2]] == [True, True]
     records = trajectories.rl_records(initial, judged)
-    (run_dir / "filter").mkdir(parents=True)
-    (run_dir / "filter" / "rl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_jsonl(RunLayout(run_dir).rl_set, records)
     return records
 
 
@@ -158,7 +162,7 @@ def test_grpo_baseline_runs_with_the_same_rewards(rl_run, tmp_path):
     assert summary["algorithm"] == "grpo" and summary["group_size"] == 2
     assert summary["start"] == "base+fresh_lora"
     metrics = rl.read_metrics(other)
-    assert len(metrics) == 1 and -10.0 <= metrics[0]["reward_mean"] <= 10.0
+    assert len(metrics) == 1
     assert metrics[0]["trl"]["reward"] == pytest.approx(metrics[0]["reward_mean"], abs=1e-4)
     assert (other / "rl" / "model" / "adapter_config.json").is_file()
     assert (other / "rl" / "reward.png").is_file()
@@ -171,9 +175,13 @@ def test_ppo_run_end_to_end(rl_run):
     assert summary["prompts_by_mode"] == {"expl_refine": 3, "refine": 3}
     assert summary["prompts_with_reference_code"] == 2
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [0, 1]
     for m in metrics:
-        assert -5.0 <= m["r_code_mean"] <= 5.0 and 0.0 <= m["pass_rate"] <= 1.0
+        step = [s for s in samples if s["step"] == m["step"]]
+        # the step's means are those of its own rollouts
+        assert m["r_code_mean"] == pytest.approx(sum(s["r_code"] for s in step) / len(step))
+        assert m["pass_rate"] == pytest.approx(sum(s["status"] == "pass" for s in step) / len(step))
         assert m["kl"] == m["kl"] and m["policy_loss"] is not None
         parts = sum(m[k] for k in ("seconds_generation", "seconds_execution", "seconds_update"))
         assert parts + m["seconds_rewards"] <= m["seconds_step"] + 0.05
@@ -185,14 +193,18 @@ def test_ppo_run_end_to_end(rl_run):
 
 
 def test_expl_end_only_for_expl_refine_prompts(rl_run):
-    _, run_dir, _, _ = rl_run
+    params, run_dir, _, _ = rl_run
     samples = [
         json.loads(line) for line in (run_dir / "rl" / "samples.jsonl").read_text().splitlines()
     ]
     assert len(samples) == 2 * 4 and {s["step"] for s in samples} == {0, 1}
+    config = rl.reward_config(params)
     for s in samples:
-        assert s["response_tokens"] >= 1 and -5.0 <= s["r_code"] <= 5.0
-        assert 0.0 <= s["s_ut"] <= 1.0
+        # each reward is the method's formula applied to the scores recorded beside it
+        assert s["response_tokens"] >= 1
+        assert s["r_code"] == pytest.approx(code_reward(s["s_cb"], s["s_ut"], config))
+        if s["n_reference_code"] == 0:  # no correct refinement to compare with
+            assert s["s_cb"] is None
         if s["mode"] == "refine":
             assert s["expl_end"] is None and s["r_expl"] is None and s["explanation"] is None
         elif s["n_reference_explanations"]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -99,9 +98,7 @@ def test_builds_saves_reloads_generates_and_is_reused(tmp_path: Path, capsys) ->
 
     # Same config and data: reused, nothing rewritten.
     stamp = (out / "model.safetensors").stat().st_mtime_ns
-    start = time.perf_counter()
     build_tiny_model(TEXTS, PAIRS, out, SMALL, progress=False)
-    assert time.perf_counter() - start < 1.0
     assert (out / "model.safetensors").stat().st_mtime_ns == stamp
     assert "reusing" in capsys.readouterr().out
 
