@@ -12,7 +12,8 @@ from .collect import collect_dir, sample_initial, sample_refinements, wrong_solu
 from .default_model import DISCLAIMER
 from .layout import RunLayout
 from .params import RunParams
-from .resumable import ResumableLog, read_committed
+from .records import InitialRecord, RefinementRecord, read_records
+from .resumable import ResumableLog
 from .sandbox import Sandbox
 
 
@@ -104,7 +105,10 @@ def load_collected(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
             raise FileNotFoundError(
                 f"{path} is missing: run the collect stage first (sdlib run PARAMS --stages collect)"
             )
-    return read_committed(layout.initial), read_committed(layout.teacher_refinements)
+    return (
+        read_records(layout.initial, InitialRecord, resumable=True),
+        read_records(layout.teacher_refinements, RefinementRecord, resumable=True),
+    )
 
 
 def run_filter(params: RunParams, run_dir: str | Path, progress: bool = True) -> dict[str, Any]:

@@ -46,6 +46,7 @@ from . import prompts
 from .answers import judge_programs, read_answer
 from .layout import RunLayout
 from .params import RunParams
+from .records import RLRecord, read_records
 from .rewards import RewardConfig
 from .sft import trainable_checksum
 
@@ -116,10 +117,7 @@ def load_rl_prompts(run_dir: str | Path) -> list[RLPrompt]:
             f"{path} is missing: run the collect and filter stages first "
             "(sdlib run PARAMS --stages collect,filter)"
         )
-    from .jsonl import read_jsonl
-
-    records, _bad = read_jsonl(path)
-    found = rl_prompts(records)
+    found = rl_prompts(read_records(path, RLRecord))
     if not found:
         raise ValueError(f"{path} holds no refinement records: nothing to train RL on")
     return found

@@ -33,6 +33,7 @@ from typing import Any
 from . import prompts
 from .layout import RunLayout
 from .params import RunParams
+from .records import SFTRecord, read_records
 
 WARMUP_CAP = 0.1  # at most this share of the optimizer steps is warm-up
 REFINEMENT_SOURCES = ("refine", "expl_refine")
@@ -49,7 +50,7 @@ def load_sft_records(run_dir: str | Path) -> list[dict[str, Any]]:
             f"{path} is missing: run the collect and filter stages first "
             f"(sdlib run PARAMS --stages collect,filter)"
         )
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = read_records(path, SFTRecord)
     if not records:
         raise ValueError(f"{path} holds no SFT records: the filter stage kept nothing to train on")
     return records
