@@ -343,13 +343,12 @@ class RatingApp:
 def resolve_study(study: str | None = None, run: str | None = None) -> Path:
     """A study folder from ``study`` (a path; relative = from the project root) or ``run``."""
     from .layout import RunLayout
-    from .manifest import PROJECT_ROOT
+    from .notebook import resolve
 
     if study:
-        path = Path(study).expanduser()
-        return path if path.is_absolute() else PROJECT_ROOT / path
+        return resolve(study)
     if run:
-        return RunLayout(PROJECT_ROOT / "outputs" / run).human_study
+        return RunLayout(resolve("outputs") / run).human_study
     raise StudyError("say which study to open: ?run=<run name> or ?study=<folder>")
 
 

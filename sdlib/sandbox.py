@@ -451,29 +451,30 @@ class Sandbox:
             results = {k: r for k, r in zip(asked, reply["results"]) if r is not None}
             end = reply["end"]
             spent = end.get("duration", 0.0)
-            if first is not None and end.get("end") == "done" and spent < limit:
-                events, _ = harness.judge_tests(plan, results, mode)
-                if not any(e is not None and e.get("ok") is not True for e in events):
-                    rest = slice(FIRST_CALLS, len(plan.calls))
-                    reply = self._job(worker, plan, program, mode, limit - spent, rest)
-                    for key, result in zip(plan.calls[rest], reply["results"]):
-                        if result is not None:
-                            results[key] = result
-                    end = dict(reply["end"], duration=spent + reply["end"].get("duration", 0.0))
-                    spent = end["duration"]
-            for _round in range(MAX_ROUNDS):
-                events, missing = harness.judge_tests(plan, results, mode)
-                if not missing or end.get("end") != "done" or spent >= limit:
-                    break
-                asked = sorted(missing)
-                reply = self._job(worker, plan, program, mode, limit - spent, asked)
-                for key, result in zip(asked, reply["results"]):
+
+            def more(calls: list[str] | slice, keys: list[str]) -> None:
+                """A further job on the same worker; its answers replace those of ``keys``."""
+                nonlocal end, spent
+                reply = self._job(worker, plan, program, mode, limit - spent, calls)
+                for key, result in zip(keys, reply["results"]):
                     if result is not None:
                         results[key] = result
                     else:
                         results.pop(key, None)
                 end = dict(reply["end"], duration=spent + reply["end"].get("duration", 0.0))
                 spent = end["duration"]
+
+            if first is not None and end.get("end") == "done" and spent < limit:
+                events, _ = harness.judge_tests(plan, results, mode)
+                if not any(e is not None and e.get("ok") is not True for e in events):
+                    rest = slice(FIRST_CALLS, len(plan.calls))
+                    more(rest, plan.calls[rest])
+            for _round in range(MAX_ROUNDS):
+                events, missing = harness.judge_tests(plan, results, mode)
+                if not missing or end.get("end") != "done" or spent >= limit:
+                    break
+                asked = sorted(missing)
+                more(asked, asked)
             else:
                 events, missing = harness.judge_tests(plan, results, mode)
         finally:
