@@ -4,8 +4,8 @@
 
 ``--model``: a local model folder (for example the embedded default from
 ``outputs/_models/tiny-*``); ``--data``: a folder holding a filter stage's ``sft.jsonl`` and
-``rl.jsonl``. Each check runs the real stage code (``sdlib.sft.run_sft``,
-``sdlib.rl.run_rl``) on ``params/smoke.yaml`` with the model switched to that folder, and
+``rl.jsonl``. Each check runs the real stage code (``sdlib.training.sft.run_sft``,
+``sdlib.training.rl.run_rl``) on ``params/smoke.yaml`` with the model switched to that folder, and
 records what ran where: the base weights' dtype, the 4-bit layers QLoRA loaded, losses,
 rewards, times and peak GPU memory. The explanation reward uses the model folder itself as
 its sentence embedder (mean pooling), since the packaged MiniLM (88 MB) is too big to carry
@@ -44,7 +44,7 @@ def versions() -> dict[str, str]:
 
 
 def make_params(model: str, method: str):
-    from sdlib import params as P
+    from sdlib.runs import params as P
 
     data = P.load(ROOT / "params" / "smoke.yaml").model_dump()
     data["run_name"] = f"cuda-check-{method}"
@@ -86,7 +86,7 @@ def gpu_peak_mib() -> float | None:
 def check_sft(model: str, data: Path, out: Path, method: str) -> dict[str, Any]:
     import torch
 
-    from sdlib.sft import _load_model, run_sft
+    from sdlib.training.sft import _load_model, run_sft
 
     cuda = torch.cuda.is_available()
     loaded, dtype = _load_model(model, method, cuda)
@@ -130,8 +130,8 @@ def check_sft(model: str, data: Path, out: Path, method: str) -> dict[str, Any]:
 def check_ppo(model: str, sft_run: Path) -> dict[str, Any]:
     import torch
 
-    from sdlib.jsonl import read_jsonl
-    from sdlib.rl import run_rl
+    from sdlib.data.jsonl import read_jsonl
+    from sdlib.training.rl import run_rl
 
     start = time.perf_counter()
     summary = run_rl(make_params(model, "lora"), sft_run, progress=False)

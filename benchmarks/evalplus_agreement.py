@@ -1,7 +1,7 @@
 """Do sdlib's verdicts agree with EvalPlus's own evaluator?
 
 Samples: every reference solution of HumanEval+ and MBPP+ and its simple mutants
-(sdlib.mutants). Each is judged by ``sdlib.sandbox`` and by ``evalplus.evaluate.check_correctness``
+(sdlib.data.mutants). Each is judged by ``sdlib.execution.sandbox`` and by ``evalplus.evaluate.check_correctness``
 (the function behind ``evalplus.evaluate``), base + plus inputs. Prints the agreement and every
 disagreement.
 
@@ -19,16 +19,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sdlib import benchmarks  # noqa: E402
-from sdlib.datafiles import data_dir  # noqa: E402
+from sdlib.data import benchmarks  # noqa: E402
+from sdlib.data.datafiles import data_dir  # noqa: E402
 
 # EvalPlus reads these when it is first imported.
 os.environ.setdefault(
     "HUMANEVAL_OVERRIDE_PATH", str(data_dir() / benchmarks.DATA_FILES["humaneval+"])
 )
 os.environ.setdefault("MBPP_OVERRIDE_PATH", str(data_dir() / benchmarks.DATA_FILES["mbpp+"]))
-from sdlib.mutants import mutants  # noqa: E402
-from sdlib.sandbox import Sandbox, SandboxConfig  # noqa: E402
+from sdlib.data.mutants import mutants  # noqa: E402
+from sdlib.execution.sandbox import Sandbox, SandboxConfig  # noqa: E402
 
 
 def _evalplus_problems(benchmark: str) -> tuple[dict, str]:

@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sdlib.generation import HFBackend, SamplingParams  # noqa: E402
-from sdlib.tiny_model import TinyModelConfig, build_tiny_model, tiny_prompt  # noqa: E402
+from sdlib.generation.backends import HFBackend, SamplingParams  # noqa: E402
+from sdlib.generation.tiny_model import TinyModelConfig, build_tiny_model, tiny_prompt  # noqa: E402
 
 
 def mbpp_rows(path: Path) -> tuple[list[dict], list[dict]]:

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/learning_check.py            # reuses finished stages
     .venv/bin/python benchmarks/learning_check.py --force    # retrains sft and rl
 
-Runs collect, filter, sft and rl with ``sdlib.runner.run`` into ``outputs/learning-check``
+Runs collect, filter, sft and rl with ``sdlib.workbench.runner.run`` into ``outputs/learning-check``
 (finished stages with unchanged params are skipped), then checks:
 
 (a) SFT lowers the held-out loss on *refinement* records (Refine and Expl.+Refine chats held
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="retrain sft and rl")
     args = parser.parse_args(argv)
 
-    from sdlib.runner import run
+    from sdlib.workbench.runner import run
 
     kwargs = {"run_name": args.run_name, "notebooks_dir": ROOT / "notebooks"}
     if args.force:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sdlib.rewards import (  # noqa: E402
+from sdlib.training.rewards import (  # noqa: E402
     RewardConfig,
     codebleu_scores,
     explanation_similarities,

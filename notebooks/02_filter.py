@@ -25,14 +25,15 @@ run_dir = "outputs/interactive"
 stage = "filter"
 
 # %%
-from sdlib.layout import RunLayout
-from sdlib.notebook import open_stage
+from sdlib.runs.layout import RunLayout
+from sdlib.runs.notebook import open_stage
 
 params, run_dir = open_stage(params_path, run_dir)  # paths from the project root
 run = RunLayout(run_dir)  # where every file of the run is
 
 # %%
-from sdlib import pipeline, plots, trajectories
+from sdlib.runs import plots
+from sdlib.stages import pipeline, trajectories
 
 result = pipeline.run_filter(params, run_dir)
 table = result["table"]

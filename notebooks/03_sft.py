@@ -25,14 +25,14 @@ run_dir = "outputs/interactive"
 stage = "sft"
 
 # %%
-from sdlib.layout import RunLayout
-from sdlib.notebook import open_stage
+from sdlib.runs.layout import RunLayout
+from sdlib.runs.notebook import open_stage
 
 params, run_dir = open_stage(params_path, run_dir)  # paths from the project root
 run = RunLayout(run_dir)  # where every file of the run is
 
 # %%
-from sdlib import sft
+from sdlib.training import sft
 
 summary = sft.run_sft(params, run_dir)
 summary

@@ -25,14 +25,15 @@ run_dir = "outputs/interactive"
 stage = "rl"
 
 # %%
-from sdlib.layout import RunLayout
-from sdlib.notebook import open_stage
+from sdlib.runs.layout import RunLayout
+from sdlib.runs.notebook import open_stage
 
 params, run_dir = open_stage(params_path, run_dir)  # paths from the project root
 run = RunLayout(run_dir)  # where every file of the run is
 
 # %%
-from sdlib import rl
+from sdlib.runs import plots
+from sdlib.training import rl
 
 summary = rl.run_rl(params, run_dir)
 {k: v for k, v in summary.items() if k not in ("reward_config", "ppo_config")}
@@ -67,7 +68,7 @@ metrics[
 ]
 
 # %%
-fig = rl.plot_rewards(rl.read_metrics(run_dir))
+fig = plots.plot_rewards(rl.read_metrics(run_dir))
 
 # %% [markdown]
 # ## Where a step's time goes

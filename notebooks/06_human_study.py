@@ -25,14 +25,14 @@ run_dir = "outputs/interactive"
 stage = "human_study"
 
 # %%
-from sdlib.layout import RunLayout
-from sdlib.notebook import open_stage
+from sdlib.runs.layout import RunLayout
+from sdlib.runs.notebook import open_stage
 
 params, run_dir = open_stage(params_path, run_dir)  # paths from the project root
 run = RunLayout(run_dir)  # where every file of the run is
 
 # %%
-from sdlib import human_study, rating_ui
+from sdlib.study import human_study, rating_ui
 
 summary = human_study.prepare_study(params, run_dir)
 summary
@@ -74,7 +74,7 @@ else:
 
 # %%
 if params.human_study.judge is not None:
-    from sdlib import judge
+    from sdlib.study import judge
 
     print(judge.run_judge(params, run_dir))
     print(judge.agreement_with_humans(study))

@@ -25,8 +25,8 @@ run_dir = None  # None: the most recent run under the params' output_dir
 stage = "explore"
 
 # %%
-from sdlib.layout import RunLayout
-from sdlib.notebook import open_stage
+from sdlib.runs.layout import RunLayout
+from sdlib.runs.notebook import open_stage
 
 params, run_dir = open_stage(params_path, run_dir)  # paths from the project root
 run = RunLayout(run_dir)  # where every file of the run is
@@ -34,7 +34,7 @@ run = RunLayout(run_dir)  # where every file of the run is
 # %%
 import pandas as pd
 
-from sdlib import explorer
+from sdlib.study import explorer
 
 rows = explorer.load_trajectories(run_dir)
 frame = pd.DataFrame(rows)

@@ -19,7 +19,7 @@
 # Open with Voilà: `…/voila/render/rate.ipynb?run=<run>&rater=<you>`; in JupyterLab set `study`/`rater` below. Every rating is saved the moment you give it.
 
 # %%
-from sdlib.rating_ui import app_from_request
+from sdlib.study.rating_ui import app_from_request
 
 study = None  # e.g. 'outputs/smoke/human_study' (default: ?study= / ?run= of the page)
 rater = None  # e.g. 'rater1' (default: ?rater= of the page, else a chooser)

@@ -1,14 +1,14 @@
 """One way to judge an answer (issue 13, item 2): every stage parses, builds and runs a model's
-response through ``sdlib.answers``, so the same response gets the same verdict everywhere."""
+response through ``sdlib.prompting.answers``, so the same response gets the same verdict everywhere."""
 
 from __future__ import annotations
 
 import pytest
 
-from sdlib.answers import judge_programs, no_code_verdict, read_answer
-from sdlib.problems import Problem
-from sdlib.problems import TestCase as Case
-from sdlib.sandbox import Sandbox, SandboxConfig
+from sdlib.execution.problems import Problem
+from sdlib.execution.problems import TestCase as Case
+from sdlib.execution.sandbox import Sandbox, SandboxConfig
+from sdlib.prompting.answers import judge_programs, no_code_verdict, read_answer
 
 ADD = Problem(
     "add",

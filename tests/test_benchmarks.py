@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from sdlib import benchmarks, datafiles
-from sdlib.mutants import mutate
-from sdlib.sandbox import Sandbox, SandboxConfig
+from sdlib.data import benchmarks, datafiles
+from sdlib.data.mutants import mutate
+from sdlib.execution.sandbox import Sandbox, SandboxConfig
 
 
 @pytest.fixture(scope="module")

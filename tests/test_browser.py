@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from sdlib import benchmarks, human_study
-from sdlib.params import HumanStudyParams
-from sdlib.ratings import RatingStore
+from sdlib.data import benchmarks
+from sdlib.runs.params import HumanStudyParams
+from sdlib.study import human_study
+from sdlib.study.ratings import RatingStore
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"

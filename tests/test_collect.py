@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sdlib.jsonl import JsonlWriter
-from sdlib.prompts import TEMPLATES
-from sdlib.resumable import KILL_AFTER_COMMITS, ResumableLog, read_committed
+from sdlib.data.jsonl import JsonlWriter
+from sdlib.data.resumable import KILL_AFTER_COMMITS, ResumableLog, read_committed
+from sdlib.prompting.prompts import TEMPLATES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +51,7 @@ def finished_run(workdir, data_dir) -> Path:
         [
             sys.executable,
             "-m",
-            "sdlib.cli",
+            "sdlib.workbench.cli",
             "run",
             str(workdir / "params.yaml"),
             "--stages",
@@ -114,7 +114,7 @@ def test_killed_run_resumes_without_duplicates_or_losses(finished_run, workdir, 
     uninterrupted run (per-unit seeds and fixed batches make the sampling reproducible)."""
     run_dir = tmp_path / "killed"
     script = (
-        "import sys; from sdlib import params as P, pipeline\n"
+        "import sys; from sdlib.runs import params as P; from sdlib.stages import pipeline\n"
         f"p = P.load({str(workdir / 'params.yaml')!r})\n"
         f"print(pipeline.run_collect(p, {str(run_dir)!r}, progress=False))\n"
     )
@@ -170,7 +170,7 @@ def test_bad_params_name_the_field(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("collect:\n  samples_per_problme: 3\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "sdlib.cli", "run", str(bad)],
+        [sys.executable, "-m", "sdlib.workbench.cli", "run", str(bad)],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -183,7 +183,7 @@ def test_bad_params_name_the_field(tmp_path):
 
 
 def test_every_params_file_validates():
-    from sdlib import params
+    from sdlib.runs import params
 
     files = sorted((ROOT / "params").glob("*.yaml"))
     assert {f.name for f in files} >= {

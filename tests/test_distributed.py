@@ -22,8 +22,8 @@ import yaml
 from test_rl import _write_rl_jsonl
 from test_sft import mbpp_train, model_dir, records  # noqa: F401  (fixtures)
 
-from sdlib import params as P
-from sdlib import rl, sft
+from sdlib.runs import params as P
+from sdlib.training import rl, rollouts, sft
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "accelerate" / "multi_gpu.yaml"
@@ -37,7 +37,7 @@ def _free_port() -> int:
 
 
 def _launch(stage: str, params_file: Path, run_dir: Path) -> tuple[dict, list[float]]:
-    """``accelerate launch --num_processes 2 -m sdlib.cli train STAGE``: (the summary the main
+    """``accelerate launch --num_processes 2 -m sdlib.workbench.cli train STAGE``: (the summary the main
     process prints, each process's trainable checksum)."""
     accelerate = Path(sys.executable).parent / "accelerate"
     cmd = [
@@ -50,7 +50,7 @@ def _launch(stage: str, params_file: Path, run_dir: Path) -> tuple[dict, list[fl
         "--main_process_port",
         str(_free_port()),
         "-m",
-        "sdlib.cli",
+        "sdlib.workbench.cli",
         "train",
         stage,
         str(params_file),
@@ -135,7 +135,7 @@ def test_ppo_two_processes(setup):
     metrics = rl.read_metrics(run_dir)
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     # every rollout of both processes, written once: the global batches in training order
-    batches = rl.prompt_batches(rl.load_rl_prompts(run_dir), 4, params.seed)
+    batches = rollouts.prompt_batches(rollouts.load_rl_prompts(run_dir), 4, params.seed)
     for step, m in enumerate(metrics):
         rows = [s for s in samples if s["step"] == step]
         assert sorted(s["prompt"] for s in rows) == sorted(p.id for p in next(batches))

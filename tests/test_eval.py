@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from sdlib import eval_report
-from sdlib.evaluate import evaluate_samples
-from sdlib.metrics import pass_at_k
-from sdlib.params import ParamsError, parse
-from sdlib.refinement_eval import chain_state, load_rounds
-from sdlib.resumable import KILL_AFTER_COMMITS, read_committed
+from sdlib.data.resumable import KILL_AFTER_COMMITS, read_committed
+from sdlib.execution.metrics import pass_at_k
+from sdlib.runs.params import ParamsError, parse
+from sdlib.stages import eval_report
+from sdlib.stages.refinement_eval import chain_state, load_rounds
+from sdlib.workbench.evaluate import evaluate_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -152,8 +152,8 @@ def test_eval_params_name_models_or_specs():
 def _eval_script(params: dict) -> str:
     return (
         "import json, sys\n"
-        "from sdlib.params import parse\n"
-        "from sdlib.refinement_eval import run_eval\n"
+        "from sdlib.runs.params import parse\n"
+        "from sdlib.stages.refinement_eval import run_eval\n"
         f"p = parse(json.loads({json.dumps(params)!r}))\n"
         "run_eval(p, p.run_dir(), progress=False)\n"
     )
@@ -235,7 +235,7 @@ def test_exports_are_judged_identically_by_sdlib_evaluate(killed_and_resumed):
 
 def test_summary_table_and_plots_are_written(killed_and_resumed):
     params, run_dir, _ = killed_and_resumed
-    from sdlib.eval_report import summarise, write_summary
+    from sdlib.stages.eval_report import summarise, write_summary
 
     # the resumed run's own summary: execution ran on the worker thread while the model
     # generated the next task
@@ -254,7 +254,7 @@ def test_summary_table_and_plots_are_written(killed_and_resumed):
 
 
 def test_missing_stage_model_is_a_clear_error(tmp_path, data_dir):
-    from sdlib.models import stage_generator
+    from sdlib.generation.models import stage_generator
 
     params = parse({**PARAMS, "output_dir": str(tmp_path)})
     with pytest.raises(FileNotFoundError, match="run the sft stage first"):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sdlib import benchmarks
-from sdlib.metrics import mean_pass_at_k, pass_at_k
+from sdlib.data import benchmarks
+from sdlib.execution.metrics import mean_pass_at_k, pass_at_k
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +44,7 @@ def test_cli_judges_every_line_in_order(tmp_path, data_dir):
         [
             sys.executable,
             "-m",
-            "sdlib.cli",
+            "sdlib.workbench.cli",
             "evaluate",
             "--benchmark",
             "mbpp",
@@ -85,7 +85,7 @@ def test_missing_samples_file_is_a_clear_error(tmp_path):
         [
             sys.executable,
             "-m",
-            "sdlib.cli",
+            "sdlib.workbench.cli",
             "evaluate",
             "--benchmark",
             "mbpp",
@@ -102,7 +102,7 @@ def test_missing_samples_file_is_a_clear_error(tmp_path):
 
 
 def test_evaluate_imports_no_heavy_library():
-    code = "import sys, sdlib.cli, sdlib.evaluate, sdlib.sandbox; print(sorted(m for m in ('torch','transformers','trl','numpy') if m in sys.modules))"
+    code = "import sys, sdlib.workbench.cli, sdlib.workbench.evaluate, sdlib.execution.sandbox; print(sorted(m for m in ('torch','transformers','trl','numpy') if m in sys.modules))"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
     )

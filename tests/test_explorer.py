@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from sdlib import explorer
-from sdlib.jsonl import JsonlWriter, write_jsonl
-from sdlib.resumable import ResumableLog
+from sdlib.data.jsonl import JsonlWriter, write_jsonl
+from sdlib.data.resumable import ResumableLog
+from sdlib.study import explorer
 
 ROOT = Path(__file__).resolve().parents[1]
 WRONG = "def add(a, b):\n    return a - b\n"

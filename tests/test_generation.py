@@ -1,5 +1,5 @@
 """Sampling backends on a real tiny model: HFBackend in process, OpenAIBackend against the real
-``sdlib.openai_server`` process on loopback (retries, timeouts, concurrency)."""
+``sdlib.generation.server`` process on loopback (retries, timeouts, concurrency)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from sdlib.generation import (
+from sdlib.generation.backends import (
     Backend,
     BackendError,
     HFBackend,
@@ -29,7 +29,7 @@ from sdlib.generation import (
     make_backend,
     truncate_at_stop,
 )
-from sdlib.tiny_model import TinyModelConfig, build_tiny_model, tiny_prompt
+from sdlib.generation.tiny_model import TinyModelConfig, build_tiny_model, tiny_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 MBPP = Path(os.environ.get("SDLIB_DATA_DIR") or ROOT.parent / "shared" / "data") / "mbpp.jsonl"
@@ -78,7 +78,15 @@ def _start_server(model_dir: Path, *extra: str) -> tuple[subprocess.Popen, str]:
     """The real server in its own process; with --port 0 it prints the port it got."""
     import torch
 
-    cmd = [sys.executable, "-m", "sdlib.openai_server", "--model", str(model_dir), "--port", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sdlib.generation.server",
+        "--model",
+        str(model_dir),
+        "--port",
+        "0",
+    ]
     cmd += ["--served-model-name", SERVED, "--threads", str(torch.get_num_threads()), *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)

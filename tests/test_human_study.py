@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sdlib import human_study, prompts
-from sdlib.agreement import bootstrap_ci, cohen_kappa, krippendorff_alpha
-from sdlib.params import HumanStudyParams, parse
-from sdlib.ratings import RatingStore, all_ratings, resume_index
-from sdlib.resumable import ResumableLog
+from sdlib.data.resumable import ResumableLog
+from sdlib.prompting import prompts
+from sdlib.runs.params import HumanStudyParams, parse
+from sdlib.study import human_study
+from sdlib.study.agreement import bootstrap_ci, cohen_kappa, krippendorff_alpha
+from sdlib.study.ratings import RatingStore, all_ratings, resume_index
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,12 +53,12 @@ PARAMS = {
 
 def write_eval_outputs(run_dir: Path, params) -> None:
     """eval/base/<benchmark>/initial.jsonl in the eval contract, from real sandbox runs."""
-    from sdlib import benchmarks
-    from sdlib.mutants import mutants
-    from sdlib.pipeline import sandbox_for
+    from sdlib.data import benchmarks
+    from sdlib.data.mutants import mutants
+    from sdlib.execution.sandbox import Sandbox
 
     picks = {"mbpp": ["11", "12", "14", "16"], "humaneval": ["HumanEval/0", "HumanEval/2"]}
-    with sandbox_for(params) as sandbox:
+    with Sandbox(params.sandbox.config()) as sandbox:
         for benchmark, ids in picks.items():
             problems = benchmarks.load_by_id(benchmark, directory=params.data_directory())
             jobs = []
@@ -100,7 +101,15 @@ def run(tmp_path_factory, data_dir):
     run_dir = folder / "outputs" / "study"
     write_eval_outputs(run_dir, params)
     proc = subprocess.run(
-        [sys.executable, "-m", "sdlib.cli", "run", str(params_path), "--stages", "human_study"],
+        [
+            sys.executable,
+            "-m",
+            "sdlib.workbench.cli",
+            "run",
+            str(params_path),
+            "--stages",
+            "human_study",
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -230,7 +239,7 @@ def test_torn_tail_loses_nothing_saved(tmp_path):
 def test_killed_writer_loses_no_saved_rating(tmp_path):
     """A rating process killed with SIGKILL: every rating it was told was saved is on disk."""
     code = (
-        "import sys\nfrom sdlib.ratings import RatingStore\n"
+        "import sys\nfrom sdlib.study.ratings import RatingStore\n"
         "store = RatingStore(sys.argv[1], 'ann')\n"
         "for i in range(100000):\n"
         "    store.rate(f'item{i}', 1 + i % 5, 1 + i % 5, 'c' * 2000)\n"
@@ -277,7 +286,7 @@ def test_resume_index():
 
 def test_rating_app_resumes_from_disk(run):
     """The widget app (no browser): rate, reopen, continue where the rater stopped."""
-    from sdlib.rating_ui import RatingApp, parse_keys
+    from sdlib.study.rating_ui import RatingApp, parse_keys
 
     _, run_dir = run
     study = human_study.study_dir(run_dir)
@@ -341,7 +350,7 @@ def test_bootstrap_ci_brackets_the_mean():
 
 def test_results_per_model_and_agreement(tmp_path):
     """Results from ratings on a hand-built key: the teacher's explanations are rated higher."""
-    from sdlib.jsonl import write_jsonl
+    from sdlib.data.jsonl import write_jsonl
 
     key = [
         {"item": f"i{n}", "model": "teacher" if n % 2 else "base", "source_id": f"p{n // 2}",
@@ -371,7 +380,7 @@ def test_results_per_model_and_agreement(tmp_path):
 
 
 def test_judge_parsing_and_a_real_judge_run(run):
-    from sdlib import judge
+    from sdlib.study import judge
 
     assert judge.parse_scores("Correctness: 4\nHelpfulness: 2") == (4, 2)
     assert judge.parse_scores("**correctness** - 5, helpfulness=1") == (5, 1)

@@ -9,11 +9,11 @@ import math
 
 import pytest
 
-from sdlib import valuecodec
-from sdlib.benchmarks import large_facts
-from sdlib.problems import CallTests, Problem
-from sdlib.problems import TestCase as Case
-from sdlib.sandbox import FIRST_CALLS, Sandbox, SandboxConfig
+from sdlib.data.benchmarks import large_facts
+from sdlib.execution import valuecodec
+from sdlib.execution.problems import CallTests, Problem
+from sdlib.execution.problems import TestCase as Case
+from sdlib.execution.sandbox import FIRST_CALLS, Sandbox, SandboxConfig
 
 N_TESTS = 40
 

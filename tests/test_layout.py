@@ -1,4 +1,4 @@
-"""One run layout (issue 13, item 3): ``sdlib.layout.RunLayout`` knows every folder and file
+"""One run layout (issue 13, item 3): ``sdlib.runs.layout.RunLayout`` knows every folder and file
 of a run, and no other module or notebook spells one."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sdlib.layout import STAGES, RunLayout, project_root
-from sdlib.params import parse
+from sdlib.runs.layout import STAGES, RunLayout, project_root
+from sdlib.runs.params import parse
 
 ROOT = Path(__file__).resolve().parents[1]
 FILE_NAMES = (
@@ -53,7 +53,7 @@ def test_no_module_or_notebook_but_the_layout_spells_a_run_file():
         for number, line in enumerate(path.read_text().splitlines(), 1)
         if pattern.search(line) and not line.lstrip().startswith("#")
     ]
-    assert not spelled, "spell these through sdlib.layout.RunLayout:\n" + "\n".join(spelled)
+    assert not spelled, "spell these through sdlib.runs.layout.RunLayout:\n" + "\n".join(spelled)
 
 
 def test_a_relative_output_dir_is_taken_from_the_project_root(tmp_path, monkeypatch):

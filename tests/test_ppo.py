@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from sdlib.ppo import (
+from sdlib.training.ppo import (
     AdaptiveKLController,
     FixedKLController,
     PolicyWithValueHead,
@@ -252,7 +252,7 @@ def tiny_tokenizer():  # noqa: ANN201 - transformers is imported lazily
 
 @pytest.mark.parametrize("text", TEXTS[:2])
 def test_explanation_end_index_with_fast_tokenizer_offsets(tiny_tokenizer, text: str) -> None:
-    from sdlib.prompts import split_response
+    from sdlib.prompting.prompts import split_response
 
     boundary = split_response(text).span[0]
     assert text[boundary:].startswith("```")

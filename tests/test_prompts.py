@@ -11,8 +11,9 @@ import random
 
 import pytest
 
-from sdlib.problems import Problem
-from sdlib.prompts import (
+from sdlib.execution.problems import Problem
+from sdlib.execution.verdict import FEEDBACK_LIMIT, Verdict
+from sdlib.prompting.prompts import (
     EXPL_REFINE_INSTRUCTION,
     PLAIN_GENERATION_PROMPT,
     REFINE_INSTRUCTION,
@@ -31,7 +32,6 @@ from sdlib.prompts import (
     split_chat_for_training,
     split_response,
 )
-from sdlib.verdict import FEEDBACK_LIMIT, Verdict
 
 # --------------------------------------------------------------------------------------------
 # Fixtures

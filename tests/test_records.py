@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from sdlib.records import RecordError, RLRecord, SFTRecord, read_records
-from sdlib.resumable import ResumableLog
+from sdlib.data.records import RecordError, RLRecord, SFTRecord, read_records
+from sdlib.data.resumable import ResumableLog
 
 SFT = {"id": "a", "source": "initial", "task_id": "1", "messages": [], "final_answer": "x"}
 

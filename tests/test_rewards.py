@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from sdlib.rewards import (
+from sdlib.training.rewards import (
     PACKAGED_MINILM,
     PAPER_EMBEDDING_MODEL,
     RewardConfig,

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from sdlib import prompts, rl, trajectories
-from sdlib.jsonl import write_jsonl
-from sdlib.layout import RunLayout
-from sdlib.params import parse
-from sdlib.rewards import code_reward
+from sdlib.data.jsonl import write_jsonl
+from sdlib.prompting import prompts
+from sdlib.runs.layout import RunLayout
+from sdlib.runs.params import parse
+from sdlib.stages import trajectories
+from sdlib.training import policy, rl, rollouts, scoring
+from sdlib.training.rewards import code_reward
 
 PARAMS = {
     "run_name": "rlmini",
@@ -46,13 +48,14 @@ def _write_rl_jsonl(params, run_dir: Path) -> list[dict]:
     mutant) and a Refine and an Expl.+Refine refinement, judged by
     ``trajectories.judge_refinements``; the first problem's refinements are its reference (so
     its prompts get reference code and explanations), the others repeat the mutant."""
-    from sdlib.default_model import synthetic_explanation, training_problems
-    from sdlib.mutants import mutants
-    from sdlib.pipeline import sandbox_for
+    from sdlib.data.mutants import mutants
+    from sdlib.execution.sandbox import Sandbox
+    from sdlib.generation.default_model import synthetic_explanation
+    from sdlib.runs.context import training_problems
 
     problems = training_problems(params)
     initial, refinements = [], []
-    with sandbox_for(params) as sandbox:
+    with Sandbox(params.sandbox.config()) as sandbox:
         jobs = []
         for problem in problems:
             for kind, program in list(mutants(problem.reference, problem.entry_point).items())[:2]:
@@ -124,24 +127,24 @@ def test_prompts_one_per_parent_and_mode_with_all_references():
         {**base, "id": "v/refine/0", "parent": "v", "mode": "refine", "status": "fail",
          "code": "D", "reference_code": [], "reference_explanations": []},
     ]  # fmt: skip
-    found = rl.rl_prompts(records)
+    found = rollouts.rl_prompts(records)
     assert [p.id for p in found] == ["w/refine", "w/expl_refine", "v/refine"]
     assert sorted(found[0].reference_code) == ["A", "B"] and found[0].reference_explanations == [
         "eB"
     ]
     assert found[1].reference_code == found[0].reference_code
     assert found[2].reference_code == [] and found[2].reference_explanations == []
-    batches = rl.prompt_batches(found, 2, seed=0)
+    batches = rollouts.prompt_batches(found, 2, seed=0)
     seen = [p.id for _ in range(3) for p in next(batches)]
     assert sorted(seen[:3]) == sorted(p.id for p in found)  # every prompt once per pass
 
 
 def test_reward_config_from_params():
     params = parse({"rl": {"expl_scale": 50.0, "expl_offset": 35.0, "expl_divisor": 3.0}})
-    config = rl.reward_config(params)
+    config = scoring.reward_config(params)
     assert (config.expl_scale, config.expl_offset, config.expl_divisor) == (50.0, 35.0, 3.0)
-    default = rl.reward_config(parse({}))
-    assert default.expl_scale == rl.RewardConfig().expl_scale
+    default = scoring.reward_config(parse({}))
+    assert default.expl_scale == scoring.RewardConfig().expl_scale
 
 
 def test_grpo_baseline_runs_with_the_same_rewards(rl_run, tmp_path):
@@ -185,7 +188,8 @@ def test_ppo_run_end_to_end(rl_run):
         assert m["kl"] == m["kl"] and m["policy_loss"] is not None
         parts = sum(m[k] for k in ("seconds_generation", "seconds_execution", "seconds_update"))
         assert parts + m["seconds_rewards"] <= m["seconds_step"] + 0.05
-        assert 0.0 < m["reward_share"] < 1.0
+        share = (m["seconds_execution"] + m["seconds_rewards"]) / m["seconds_step"]
+        assert m["reward_share"] == pytest.approx(share, abs=2e-3) and m["reward_share"] < 1.0
     assert (out / "model" / "adapter_config.json").is_file()
     assert (out / "model" / "adapter_model.safetensors").is_file()
     assert (out / "model" / "value_head.pt").is_file()
@@ -198,7 +202,7 @@ def test_expl_end_only_for_expl_refine_prompts(rl_run):
         json.loads(line) for line in (run_dir / "rl" / "samples.jsonl").read_text().splitlines()
     ]
     assert len(samples) == 2 * 4 and {s["step"] for s in samples} == {0, 1}
-    config = rl.reward_config(params)
+    config = scoring.reward_config(params)
     for s in samples:
         # each reward is the method's formula applied to the scores recorded beside it
         assert s["response_tokens"] >= 1
@@ -219,14 +223,14 @@ def test_score_rollouts_executes_code_and_finds_the_explanation_end(rl_run):
     fix passes, a no-code answer gets S_ut 0, and expl_end is the token before the code."""
     from transformers import AutoTokenizer
 
-    from sdlib.default_model import training_problems
-    from sdlib.pipeline import sandbox_for
-    from sdlib.ppo import response_token_offsets
+    from sdlib.execution.sandbox import Sandbox
+    from sdlib.runs.context import training_problems
+    from sdlib.training.ppo import response_token_offsets
 
     params, run_dir, _, summary = rl_run
     tokenizer = AutoTokenizer.from_pretrained(summary["base_model"])
     problems = {p.task_id: p for p in training_problems(params)}
-    items = rl.load_rl_prompts(run_dir)
+    items = rollouts.load_rl_prompts(run_dir)
     with_refs = [i for i in items if i.reference_code]
     expl_item = next(i for i in with_refs if i.mode == "expl_refine")
     refine_item = next(i for i in with_refs if i.mode == "refine")
@@ -238,27 +242,27 @@ def test_score_rollouts_executes_code_and_finds_the_explanation_end(rl_run):
         "I do not know.",
     ]
     batch = [expl_item, refine_item, expl_item]
-    rollouts = []
+    made = []
     for text in texts:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        rollouts.append(
-            rl.Rollout([1], ids, tokenizer.decode(ids, skip_special_tokens=True), "stop")
+        made.append(
+            rollouts.Rollout([1], ids, tokenizer.decode(ids, skip_special_tokens=True), "stop")
         )
-    with sandbox_for(params) as sandbox:
-        scored, t_exec, t_rewards = rl.score_rollouts(
-            batch, rollouts, problems, sandbox, tokenizer, rl.reward_config(params)
+    with Sandbox(params.sandbox.config()) as sandbox:
+        scored, t_exec, t_rewards = scoring.score_rollouts(
+            batch, made, problems, sandbox, tokenizer, scoring.reward_config(params)
         )
     fixed, refined, no_code = scored
     assert fixed["status"] == "pass" and fixed["s_ut"] == 1.0 and fixed["r_code"] > 4.5
     assert fixed["s_ex"] > 0.99 and fixed["r_expl"] == 5.0  # its own reference explanation
-    code_at = rollouts[0].text.index("```python")
-    offsets = response_token_offsets(tokenizer, rollouts[0].response_ids)
+    code_at = made[0].text.index("```python")
+    offsets = response_token_offsets(tokenizer, made[0].response_ids)
     end = fixed["expl_end"]
     assert offsets[end][0] < code_at <= offsets[end + 1][0]
     assert refined["status"] == "pass" and refined["expl_end"] is None
     assert refined["r_expl"] is None
     assert no_code["status"] == "no_code" and no_code["s_ut"] == 0.0
-    assert no_code["r_code"] == -5.0 and no_code["expl_end"] == len(rollouts[2].response_ids) - 1
+    assert no_code["r_code"] == -5.0 and no_code["expl_end"] == len(made[2].response_ids) - 1
     assert t_exec > 0 and t_rewards > 0
 
 
@@ -273,7 +277,7 @@ def test_policy_starts_from_the_sft_adapter_when_there_is_one(rl_run, tmp_path):
     AutoTokenizer.from_pretrained(summary["base_model"]).save_pretrained(
         str(tmp_path / "sft" / "model")
     )
-    model, _, start = rl.load_policy(summary["base_model"], tmp_path, params, "cpu")
+    model, _, start = policy.load_policy(summary["base_model"], tmp_path, params, "cpu")
     assert start == "sft_adapter" and model.peft_config["default"].r == 4
     assert any(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)
 
@@ -286,7 +290,7 @@ def test_kl_reference_is_the_sft_model(rl_run, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sdlib.ppo import PolicyWithValueHead
+    from sdlib.training.ppo import PolicyWithValueHead
 
     params, _, _, summary = rl_run
     base = AutoModelForCausalLM.from_pretrained(summary["base_model"])
@@ -299,8 +303,8 @@ def test_kl_reference_is_the_sft_model(rl_run, tmp_path):
     AutoTokenizer.from_pretrained(summary["base_model"]).save_pretrained(
         str(tmp_path / "sft" / "model")
     )
-    peft_model, _, start = rl.load_policy(summary["base_model"], tmp_path, params, "cpu")
-    model = PolicyWithValueHead(peft_model, reference_adapter=rl.REFERENCE_ADAPTER)
+    peft_model, _, start = policy.load_policy(summary["base_model"], tmp_path, params, "cpu")
+    model = PolicyWithValueHead(peft_model, reference_adapter=policy.REFERENCE_ADAPTER)
     ids = torch.tensor([[5, 6, 7, 8]])
     mask = torch.ones_like(ids)
 
@@ -308,12 +312,12 @@ def test_kl_reference_is_the_sft_model(rl_run, tmp_path):
         with torch.no_grad():
             return m(input_ids=ids, attention_mask=mask).logits
 
-    policy = logits(peft_model)
+    policy_logits = logits(peft_model)
     with model.reference() as ref:
         reference = logits(ref)
     with peft_model.disable_adapter():
         bare = logits(peft_model)
-    assert torch.allclose(policy, reference) and not torch.allclose(reference, bare, atol=1e-3)
+    assert torch.allclose(policy_logits, reference) and not torch.allclose(reference, bare, atol=1e-3)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B.default" in name:
@@ -331,8 +335,8 @@ def test_before_after_check_scores_the_same_prompts(rl_run):
     _, run_dir, _, summary = rl_run
     check = json.loads((run_dir / "rl" / "eval.json").read_text())
     assert check["before"]["n"] == check["after"]["n"] == 2 == len(check["samples"])
-    items = rl.load_rl_prompts(run_dir)
-    expected = [i.id for i in rl.eval_prompt_set(items, 2, 1, seed=1)]
+    items = rollouts.load_rl_prompts(run_dir)
+    expected = [i.id for i in rollouts.eval_prompt_set(items, 2, 1, seed=1)]
     assert [s["prompt"] for s in check["samples"]] == expected
     diffs = [s["reward_after"] - s["reward_before"] for s in check["samples"]]
     assert check["difference"]["mean"] == pytest.approx(sum(diffs) / 2)
@@ -345,15 +349,15 @@ def test_before_after_check_scores_the_same_prompts(rl_run):
 
 
 def test_prompt_subsets_and_paired_difference():
-    items = [rl.RLPrompt(f"p{k}", f"w{k}", "t", "refine", []) for k in range(10)]
-    subset = rl.limit_prompts(items, 4, seed=0)
+    items = [rollouts.RLPrompt(f"p{k}", f"w{k}", "t", "refine", []) for k in range(10)]
+    subset = rollouts.limit_prompts(items, 4, seed=0)
     assert len(subset) == 4 and subset == [i for i in items if i in subset]  # order kept
     assert (
-        rl.limit_prompts(items, 4, seed=0) == subset and rl.limit_prompts(items, None, 0) == items
+        rollouts.limit_prompts(items, 4, seed=0) == subset and rollouts.limit_prompts(items, None, 0) == items
     )
-    chosen = rl.eval_prompt_set(items, 3, 2, seed=0)
+    chosen = rollouts.eval_prompt_set(items, 3, 2, seed=0)
     assert len(chosen) == 6 and chosen[0] is chosen[1] and len({i.id for i in chosen}) == 3
-    diff = rl.paired_difference([0.0, 1.0, 2.0], [1.0, 1.0, 4.0])
+    diff = scoring.paired_difference([0.0, 1.0, 2.0], [1.0, 1.0, 4.0])
     assert diff["mean"] == pytest.approx(1.0) and diff["n"] == 3
     assert diff["stderr"] == pytest.approx((1.0 / 3) ** 0.5)
 
@@ -364,7 +368,7 @@ def test_detached_value_head_leaves_the_policy_alone(rl_run):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from sdlib.ppo import PolicyWithValueHead
+    from sdlib.training.ppo import PolicyWithValueHead
 
     _, _, _, summary = rl_run
     base = AutoModelForCausalLM.from_pretrained(summary["base_model"])

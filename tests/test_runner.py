@@ -1,4 +1,4 @@
-"""The stage runner (sdlib.runner, sdlib run) and the run manifest, with real papermill runs of
+"""The stage runner (sdlib.workbench.runner, sdlib run) and the run manifest, with real papermill runs of
 small notebooks built here. Each papermill execution costs a few seconds: the scenario tests
 share their runs (9 executions in all)."""
 
@@ -17,17 +17,17 @@ import nbformat
 import pytest
 import yaml
 
-from sdlib import runner
-from sdlib.datafiles import FILES
-from sdlib.manifest import read_manifest, update_manifest, update_stage
-from sdlib.params import STAGES, ParamsError, parse
+from sdlib.data.datafiles import FILES
+from sdlib.runs.manifest import read_manifest, update_manifest, update_stage
+from sdlib.runs.params import STAGES, ParamsError, parse
+from sdlib.workbench import runner
 
 ROOT = Path(__file__).resolve().parents[1]
 
 STAGE_BODY = """\
 import json, os
 from pathlib import Path
-from sdlib.params import load
+from sdlib.runs.params import load
 p = load(params_path)
 out = Path(run_dir) / stage
 out.mkdir(parents=True, exist_ok=True)
@@ -38,7 +38,7 @@ with open(Path(run_dir) / "executions.log", "a") as log:
 """
 
 ADD_SECTION = """\
-from sdlib.manifest import update_manifest
+from sdlib.runs.manifest import update_manifest
 update_manifest(run_dir, sandbox={"timeout": p.sandbox.timeout, "isolation": "test"})
 """
 
@@ -80,7 +80,7 @@ def statuses(result: runner.RunResult) -> dict[str, str]:
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "sdlib.cli", *args],
+        [sys.executable, "-m", "sdlib.workbench.cli", *args],
         cwd=cwd,
         env=env,
         capture_output=True,

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from sdlib.doctor import processes_with
-from sdlib.problems import Problem
-from sdlib.problems import TestCase as Case
-from sdlib.sandbox import WORKER_ENV, Sandbox, SandboxConfig, SandboxUnavailable
-from sdlib.verdict import FEEDBACK_LIMIT
+from sdlib.execution.doctor import processes_with
+from sdlib.execution.problems import Problem
+from sdlib.execution.problems import TestCase as Case
+from sdlib.execution.sandbox import WORKER_ENV, Sandbox, SandboxConfig, SandboxUnavailable
+from sdlib.execution.verdict import FEEDBACK_LIMIT
 
 NPROC = 32
 HOSTILE = SandboxConfig(timeout=2, memory_mb=512, workers=2, nproc=NPROC, output_mb=4, tmpfs_mb=64)
@@ -746,7 +746,7 @@ def test_the_pool_is_not_poisoned(sandbox):
 
 
 # The job only computes answers; expected values, comparisons and the counting of tests live
-# outside it (sdlib.harness). Reaching into the job's own memory (stack frames, its modules)
+# outside it (sdlib.execution.harness). Reaching into the job's own memory (stack frames, its modules)
 # finds neither the answers nor anything that decides a pass.
 
 
@@ -1014,7 +1014,7 @@ def test_a_required_guarantee_refuses_a_weak_machine(capsys):
 
 
 def test_a_weakened_sandbox_warns_once(capsys):
-    import sdlib.sandbox as sandbox_module
+    import sdlib.execution.sandbox as sandbox_module
 
     sandbox_module._WARNED.clear()
     for _ in range(2):

@@ -89,7 +89,7 @@ def _doctor(
     deny_unshare: bool = False,
     wrapper: list[str] | None = None,
 ) -> dict:
-    command = [str(python), "-m", "sdlib.doctor", "--json"]
+    command = [str(python), "-m", "sdlib.execution.doctor", "--json"]
     if deny_unshare:
         script = project / "deny_unshare.py"
         script.write_text(DENY_UNSHARE.format(package=str(project / "sdlib")))
@@ -154,8 +154,8 @@ def test_root_with_the_project_and_venv_in_a_temp_folder(place):
     site = next((place / "venv" / "lib").glob("python3*")) / "site-packages"
     (site / "sdlib_probe_module.py").write_text("VALUE = 42\n")
     probe = (  # a module of the venv imports inside the sandbox: the venv is bound back
-        "from sdlib.sandbox import Sandbox, SandboxConfig\n"
-        "from sdlib.problems import Problem, TestCase\n"
+        "from sdlib.execution.sandbox import Sandbox, SandboxConfig\n"
+        "from sdlib.execution.problems import Problem, TestCase\n"
         "p = Problem('p', 'unit', 'test', '', '', 'f', '', tests=(TestCase('call', expected=42),))\n"
         "with Sandbox(SandboxConfig(workers=1)) as sb:\n"
         "    v = sb.run(p, 'import sdlib_probe_module\\ndef f():\\n    return sdlib_probe_module.VALUE')\n"
@@ -179,7 +179,7 @@ def test_root_with_the_project_on_a_read_only_mount(tmp_path):
     script = (
         f"mount --bind {source} {readonly} && mount -o remount,bind,ro {readonly} && "
         f"touch {readonly}/probe 2>/dev/null && exit 3; cd {readonly} && "
-        f"exec {python} -m sdlib.doctor --json"
+        f"exec {python} -m sdlib.execution.doctor --json"
     )
     done = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
@@ -233,7 +233,7 @@ def test_required_namespaces_where_unshare_is_refused_say_why_and_how():
         script = project / "deny_unshare.py"
         script.write_text(DENY_UNSHARE.format(package=str(project / "sdlib")))
         probe = (
-            "from sdlib.sandbox import Sandbox, SandboxConfig, SandboxUnavailable\n"
+            "from sdlib.execution.sandbox import Sandbox, SandboxConfig, SandboxUnavailable\n"
             "try:\n    Sandbox(SandboxConfig(workers=1, isolation='namespaces'))\n"
             "except SandboxUnavailable as exc:\n    print(exc)\n"
         )
@@ -258,7 +258,7 @@ def test_the_doctor_reports_what_isolation_none_leaves_open():
     try:
         project, python = _install(base)
         done = subprocess.run(
-            [str(python), "-m", "sdlib.doctor", "--json", "--isolation", "none"],
+            [str(python), "-m", "sdlib.execution.doctor", "--json", "--isolation", "none"],
             cwd=project,
             capture_output=True,
             text=True,
@@ -276,7 +276,7 @@ def test_the_doctor_reports_what_isolation_none_leaves_open():
 
 def test_doctor_runs_from_the_cli():
     done = subprocess.run(
-        [sys.executable, "-m", "sdlib.cli", "doctor"],
+        [sys.executable, "-m", "sdlib.workbench.cli", "doctor"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from sdlib import benchmarks, prompts, sft
-from sdlib import params as P
-from sdlib.mutants import mutants
+from sdlib.data import benchmarks
+from sdlib.data.mutants import mutants
+from sdlib.prompting import prompts
+from sdlib.runs import params as P
+from sdlib.training import sft
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +61,7 @@ def model_dir(tmp_path_factory, mbpp_train) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from sdlib.tiny_model import train_tokenizer
+    from sdlib.generation.tiny_model import train_tokenizer
 
     folder = tmp_path_factory.mktemp("model")
     texts = ["\n".join([p.text, p.reference, *p.visible_tests]) for p in mbpp_train]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sdlib.tiny_model import (
+from sdlib.generation.tiny_model import (
     INFO_FILE,
     TinyModelConfig,
     build_tiny_model,

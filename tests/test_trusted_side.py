@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from sdlib.jsonl import JsonlWriter, read_jsonl, write_jsonl
-from sdlib.problems import Problem
-from sdlib.problems import TestCase as Case
-from sdlib.sandbox import Sandbox, SandboxConfig
+from sdlib.data.jsonl import JsonlWriter, read_jsonl, write_jsonl
+from sdlib.execution.problems import Problem
+from sdlib.execution.problems import TestCase as Case
+from sdlib.execution.sandbox import Sandbox, SandboxConfig
 
 ADD3 = Problem(
     "add3",
@@ -155,7 +155,7 @@ def test_a_loop_of_asserts_is_judged_outside_the_job(sandbox):
 
 
 def _humaneval(task_id: str) -> Problem:
-    from sdlib import benchmarks
+    from sdlib.data import benchmarks
 
     if not (DATA / "HumanEvalPlus-v0.1.10.jsonl.gz").is_file():
         pytest.skip("benchmark data missing")

@@ -1,0 +1,1 @@
+"""What the model is shown and how its answer is read: prompt templates and chat layout, answer parsing, judging an answer."""

@@ -1,0 +1,1 @@
+"""Fine-tuning: SFT, the PPO loop, rewards, RL and the TRL baseline."""

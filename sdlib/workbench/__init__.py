@@ -1,0 +1,1 @@
+"""The commands: sdlib run (papermill runner), sdlib evaluate, the CLI."""
