@@ -70,7 +70,9 @@ def _layer(module: str) -> int:
 def test_every_module_lives_in_a_layer():
     loose = [m for m in _graph() if m != "sdlib" and _layer(m) < 0]
     assert not loose, f"modules outside the subpackages {LAYERS}: {loose}"
-    assert sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__") == sorted(LAYERS)
+    assert sorted(
+        p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"
+    ) == sorted(LAYERS)
 
 
 def test_imports_flow_from_top_to_bottom_only():

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from sdlib.data.resumable import KILL_AFTER_COMMITS, read_committed
-from sdlib.execution.metrics import pass_at_k
+from sdlib.execution.metrics import mean_pass_at_k, pass_at_k
 from sdlib.runs.params import ParamsError, parse
 from sdlib.stages import eval_report
 from sdlib.stages.refinement_eval import chain_state, load_rounds
@@ -111,7 +111,7 @@ def test_chain_state_stops_at_the_first_pass():
 
 def test_pass_at_k_matches_the_estimator():
     counts = {"a": (10, 3), "b": (10, 0)}
-    got = eval_report._pass_at(counts)
+    got = mean_pass_at_k(counts, eval_report.KS)
     assert got["pass@1"] == pytest.approx(0.15)
     assert got["pass@10"] == pytest.approx((pass_at_k(10, 3, 10) + 0.0) / 2)
 

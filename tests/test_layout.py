@@ -44,7 +44,7 @@ def test_every_file_of_a_run_lies_in_its_stage_folder(tmp_path):
 
 
 def test_no_module_or_notebook_but_the_layout_spells_a_run_file():
-    sources = [*sorted((ROOT / "sdlib").glob("*.py")), *sorted((ROOT / "notebooks").glob("*.py"))]
+    sources = [*sorted((ROOT / "sdlib").rglob("*.py")), *sorted((ROOT / "notebooks").glob("*.py"))]
     pattern = re.compile("|".join(rf"[\"'/]{re.escape(name)}[\"']" for name in FILE_NAMES))
     spelled = [
         f"{path.relative_to(ROOT)}:{number}: {line.strip()}"

@@ -44,3 +44,35 @@ def test_a_resumable_log_counts_committed_units_and_forgives_a_torn_tail(tmp_pat
         handle.write("\n" + json.dumps({"_committed": "u3", "n": 0}) + "\n")
     with pytest.raises(RecordError, match=":4: not a JSON object"):
         read_records(path, SFTRecord, resumable=True)
+
+
+def test_eval_and_study_readers_check_their_records(tmp_path):
+    """The eval report and the human study read through the same checked reader."""
+    from sdlib.stages.eval_report import load_rounds
+    from sdlib.study.human_study import load_items
+
+    folder = tmp_path / "eval" / "base" / "mbpp"
+    sample = {
+        "id": "s0",
+        "task_id": "Mbpp/1",
+        "code": "x",
+        "solution": "x",
+        "no_code": False,
+        "verdict": {"status": "fail", "passed": 0, "total": 3},
+        "feedback": "f",
+    }
+    with ResumableLog(folder / "initial.jsonl") as log:
+        log.commit("Mbpp/1", [sample])
+    with ResumableLog(folder / "round1.jsonl") as log:
+        log.commit("Mbpp/1", [{"id": "s0/refine/r1", "root": "s0", "task_id": "Mbpp/1"}])
+    with pytest.raises(RecordError, match=r"round1.jsonl:1: a EvalRoundRecord needs mode"):
+        load_rounds(folder, 2)
+    initial, later = load_rounds(folder, 0)
+    assert [s["id"] for s in initial] == ["s0"] and later == []
+
+    study = tmp_path / "study"
+    study.mkdir()
+    item = {"item": "i1", "task_id": "t", "text": "", "code": "", "feedback": "", "explanation": ""}
+    (study / "items.jsonl").write_text(json.dumps(item) + "\n" + json.dumps({"item": "i2"}) + "\n")
+    with pytest.raises(RecordError, match=r"items.jsonl:2: a StudyItemRecord needs code"):
+        load_items(study)

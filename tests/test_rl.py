@@ -317,7 +317,9 @@ def test_kl_reference_is_the_sft_model(rl_run, tmp_path):
         reference = logits(ref)
     with peft_model.disable_adapter():
         bare = logits(peft_model)
-    assert torch.allclose(policy_logits, reference) and not torch.allclose(reference, bare, atol=1e-3)
+    assert torch.allclose(policy_logits, reference) and not torch.allclose(
+        reference, bare, atol=1e-3
+    )
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B.default" in name:
@@ -353,7 +355,8 @@ def test_prompt_subsets_and_paired_difference():
     subset = rollouts.limit_prompts(items, 4, seed=0)
     assert len(subset) == 4 and subset == [i for i in items if i in subset]  # order kept
     assert (
-        rollouts.limit_prompts(items, 4, seed=0) == subset and rollouts.limit_prompts(items, None, 0) == items
+        rollouts.limit_prompts(items, 4, seed=0) == subset
+        and rollouts.limit_prompts(items, None, 0) == items
     )
     chosen = rollouts.eval_prompt_set(items, 3, 2, seed=0)
     assert len(chosen) == 6 and chosen[0] is chosen[1] and len({i.id for i in chosen}) == 3

@@ -603,7 +603,7 @@ def test_enough_hostile_programs():
 def test_writes_and_deletes_outside_fail(sandbox, outside):
     victim = outside / "victim.txt"
     marker = outside / "marker.txt"
-    harness = Path(__file__).resolve().parents[1] / "sdlib" / "sandbox_worker.py"
+    harness = Path(__file__).resolve().parents[1] / "sdlib" / "execution" / "sandbox_worker.py"
     harness_bytes = harness.read_bytes()
     attempts = {
         "write": f"open({str(marker)!r}, 'w').write('x')\n",

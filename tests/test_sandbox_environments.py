@@ -92,7 +92,7 @@ def _doctor(
     command = [str(python), "-m", "sdlib.execution.doctor", "--json"]
     if deny_unshare:
         script = project / "deny_unshare.py"
-        script.write_text(DENY_UNSHARE.format(package=str(project / "sdlib")))
+        script.write_text(DENY_UNSHARE.format(package=str(project / "sdlib" / "execution")))
         script.chmod(0o644)
         command = [str(python), str(script), *command]
     command = (wrapper or []) + command
@@ -231,7 +231,7 @@ def test_required_namespaces_where_unshare_is_refused_say_why_and_how():
     try:
         project, python = _install(base)
         script = project / "deny_unshare.py"
-        script.write_text(DENY_UNSHARE.format(package=str(project / "sdlib")))
+        script.write_text(DENY_UNSHARE.format(package=str(project / "sdlib" / "execution")))
         probe = (
             "from sdlib.execution.sandbox import Sandbox, SandboxConfig, SandboxUnavailable\n"
             "try:\n    Sandbox(SandboxConfig(workers=1, isolation='namespaces'))\n"

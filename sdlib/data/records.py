@@ -66,6 +66,54 @@ class RLRecord(TypedDict):
     status: str
 
 
+class _EvalSampleExtras(TypedDict, total=False):
+    solution: str  # the program executed (the bare prompt when there was no code)
+    no_code: bool
+
+
+class EvalSampleRecord(_EvalSampleExtras):
+    """eval/<model>/<benchmark>/initial.jsonl: one sampled answer with its verdict
+    (eval → its report, the human study)."""
+
+    id: str
+    task_id: str
+    code: str | None
+    verdict: VerdictFields
+    feedback: str
+
+
+class EvalRoundRecord(TypedDict):
+    """eval/<model>/<benchmark>/round<r>.jsonl: one refinement (or fresh sample) of a chain
+    (eval → its report)."""
+
+    id: str
+    root: str  # the sample whose chain this is
+    parent: str
+    task_id: str
+    mode: str  # "refine" | "expl_refine" | "resample"
+    round: int
+    verdict: VerdictFields
+
+
+class StudyItemRecord(TypedDict):
+    """human_study/<study>/items.jsonl: what a rater sees (no model name)."""
+
+    item: str
+    task_id: str
+    text: str
+    code: str
+    feedback: str
+    explanation: str
+
+
+class StudyKeyRecord(TypedDict):
+    """human_study/<study>/key.jsonl: the blinding key, item → model (not for raters)."""
+
+    item: str
+    model: str
+    refined_status: str
+
+
 class RecordError(ValueError):
     """A records file that breaks its contract, with the file and line."""
 
@@ -83,12 +131,14 @@ def check(record: Any, contract: type, where: str) -> None:
 
 
 def read_records(
-    path: str | os.PathLike[str], contract: type, resumable: bool = False
+    path: str | os.PathLike[str], contract: type, resumable: bool = False, missing_ok: bool = False
 ) -> list[dict[str, Any]]:
     """Every record of a file, checked. ``resumable``: a stage's ResumableLog, of which only
     committed units count (a torn line after the last commit is a killed run's, not an
-    error)."""
+    error). ``missing_ok``: a file not written yet holds no records."""
     path = Path(path)
+    if missing_ok and not path.exists():
+        return []
     rows = list(iter_jsonl(path))
     committed = {r[MARKER] for _, r in rows if isinstance(r, dict) and MARKER in r}
     last_marker = max((n for n, r in rows if isinstance(r, dict) and MARKER in r), default=0)

