@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from sdlib.execution.problems import Problem
 from sdlib.execution.verdict import Verdict
 from sdlib.prompting import prompts
+from sdlib.prompting.parsing import ParsedResponse, split_response
 
 
 @dataclass(frozen=True)
 class ReadAnswer:
     """A response split into its parts, with the program that would run (None: no code)."""
 
-    parsed: prompts.ParsedResponse
+    parsed: ParsedResponse
     code: str | None  # the extracted code; code that does not compile is kept (it runs
     # for a SyntaxError verdict rather than counting as "no code")
     program: str | None
@@ -32,7 +33,7 @@ class ReadAnswer:
 
 
 def read_answer(problem: Problem, response: str) -> ReadAnswer:
-    parsed = prompts.split_response(response, problem.entry_point)
+    parsed = split_response(response, problem.entry_point)
     code = parsed.code or parsed.broken_code
     program = prompts.assemble_program(problem, code) if code else None
     return ReadAnswer(parsed, code, program)

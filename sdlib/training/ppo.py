@@ -298,7 +298,7 @@ def explanation_end_index(
     """Index of the last explanation token, given each response token's (start, end) chars.
 
     ``explanation_char_len`` is where the code starts in the response text (``ParsedResponse.span[0]``
-    from ``sdlib.prompting.prompts.split_response``). The first code token is the first token with a
+    from ``sdlib.prompting.parsing.split_response``). The first code token is the first token with a
     non-empty span starting at or after it; the explanation ends one token before. Tokens that
     straddle the boundary carry explanation text, so they count as explanation; zero-width spans
     (special tokens skipped when decoding, whitespace trimmed by byte-level ``trim_offsets``) are

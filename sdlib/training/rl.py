@@ -6,7 +6,7 @@ Each PPO step:
    instruction type, ``RLPrompt``), cycling through them in a seeded shuffled order;
 2. samples one answer each with the policy (transformers ``generate``, sampling at
    ``temperature``), keeping the sampled token ids;
-3. splits each answer into explanation and code (``prompts.split_response``); for
+3. splits each answer into explanation and code (``parsing.split_response``); for
    Expl.+Refine prompts the explanation's last token (``ppo.explanation_end_index``) is where
    ``R_expl`` goes;
 4. executes the code in the sandbox (``S_ut`` = pass fraction, no code -> 0) and scores

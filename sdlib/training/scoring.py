@@ -8,8 +8,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sdlib.prompting import prompts
 from sdlib.prompting.answers import judge_programs, read_answer
+from sdlib.prompting.parsing import ParsedResponse
 from sdlib.runs.params import RunParams
 from sdlib.training.rewards import RewardConfig
 from sdlib.training.rollouts import RLPrompt, Rollout
@@ -25,7 +25,7 @@ def reward_config(params: RunParams) -> RewardConfig:
     return RewardConfig(**overrides)
 
 
-def explanation_end(tokenizer: Any, rollout: Rollout, parsed: prompts.ParsedResponse) -> int:
+def explanation_end(tokenizer: Any, rollout: Rollout, parsed: ParsedResponse) -> int:
     """Token index of the explanation's end in an Expl.+Refine answer.
 
     The explanation ends where the chosen code block starts (``parsed.span[0]``), or, without
