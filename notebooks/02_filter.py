@@ -54,14 +54,17 @@ pd.DataFrame(
                 "unique",
                 "correct",
                 "wrong",
+                "wrong_refined",
                 "correct_refinements",
                 "rate",
+                "rate_of_all_wrong",
             )
         }
     ]
 )
 
 # %%
+print("wrong but never sent for refinement:", table["wrong_not_refined"])
 print("SFT records by source:", table["sft_by_source"])
 print("RL records:", table["rl_records"])
 print(f"filtering: {table['records_per_second']} refinements/s")

@@ -93,6 +93,12 @@ def test_run_writes_records_notebooks_and_manifest(finished_run):
     assert len(rl) == len(initial) + len(judged)
     table = json.loads((run / "filter" / "table.json").read_text())
     assert table["unique"] == len(initial) and table["wrong"] + table["correct"] == len(initial)
+    # the paper's rate: over the wrong solutions sent for refinement, the others counted apart
+    assert table["wrong_refined"] + sum(table["wrong_not_refined"].values()) == table["wrong"]
+    assert table["wrong_refined"] == len({r["parent"] for r in judged})
+    fixed = {r["parent"] for r in judged if r["verdict"]["status"] == "pass"}
+    assert table["rate"] == len(fixed) / table["wrong_refined"]
+    assert table["rate_of_all_wrong"] == len(fixed) / table["wrong"]
     assert (run / "filter" / "overview.png").stat().st_size > 1000
     assert (run / "notebooks" / "01_collect.ipynb").is_file() and (
         run / "notebooks" / "02_filter.ipynb"
@@ -193,3 +199,24 @@ def test_every_params_file_validates():
     }
     for path in files:
         params.load(path)
+
+
+def test_dataset_table_rate_is_over_the_wrong_solutions_refined():
+    """Method §2's rate: correct refinements / wrong solutions refined; no-code and
+    sandbox-error answers (never sent to the teacher) are counted apart, not in the rate."""
+    from sdlib.stages.trajectories import dataset_table
+
+    def initial(i, status):
+        return {"id": f"s{i}", "task_id": "t", "verdict": {"status": status}}
+
+    records = [initial(0, "pass"), initial(1, "fail"), initial(2, "error")]
+    records += [initial(3, "no_code"), initial(4, "no_code"), initial(5, "sandbox_error")]
+    judged = [
+        {"parent": "s1", "mode": "refine", "verdict": {"status": "pass"}},
+        {"parent": "s1", "mode": "expl_refine", "verdict": {"status": "pass"}},
+        {"parent": "s2", "mode": "refine", "verdict": {"status": "fail"}},
+    ]
+    table = dataset_table(records, judged, "mbpp")
+    assert (table["wrong"], table["wrong_refined"], table["correct_refinements"]) == (5, 2, 1)
+    assert table["wrong_not_refined"] == {"no_code": 2, "sandbox_error": 1}
+    assert table["rate"] == 0.5 and table["rate_of_all_wrong"] == 0.2

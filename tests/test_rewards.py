@@ -63,13 +63,23 @@ def test_code_reward_hand_values(s_cb: float, s_ut: float, expected: float) -> N
 
 
 def test_code_reward_without_reference_follows_policy() -> None:
-    # tests_only: the unit tests carry the whole range.
-    assert code_reward(None, 1.0) == pytest.approx(5.0)
+    # zero_similarity (default): S_cb = 0, a passing fix earns 0
+    assert code_reward(None, 1.0) == pytest.approx(0.0)
     assert code_reward(None, 0.0) == pytest.approx(-5.0)
-    assert code_reward(None, 0.5) == pytest.approx(0.0)
-    zero = RewardConfig(no_reference_code="zero_similarity")
-    assert code_reward(None, 1.0, zero) == pytest.approx(0.0)
-    assert code_reward(None, 0.0, zero) == pytest.approx(-5.0)
+    tests_only = RewardConfig(no_reference_code="tests_only")
+    assert code_reward(None, 1.0, tests_only) == pytest.approx(5.0)
+    assert code_reward(None, 0.5, tests_only) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("s_ut", [0.0, 0.25, 0.5, 1.0])
+@pytest.mark.parametrize("s_cb", [0.0, 0.1, 0.5, 0.9, 1.0])
+def test_lacking_references_never_pays_more(s_cb: float, s_ut: float) -> None:
+    """A fix scores at least as much with correct refinements to compare to as without."""
+    assert code_reward(None, s_ut) <= code_reward(s_cb, s_ut)
+    # the old tests_only rule broke this: a passing fix without references earned +5
+    if s_ut == 1.0 and s_cb < 1.0:
+        tests_only = RewardConfig(no_reference_code="tests_only")
+        assert code_reward(None, s_ut, tests_only) > code_reward(s_cb, s_ut, tests_only)
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])
@@ -204,7 +214,7 @@ def test_code_rewards_combine_codebleu_and_tests() -> None:
         [1.0, 0.5, 0.0, 0.75],
     )
     (near,) = codebleu_scores([MAX_OF_BUGGY], [[MAX_OF]])
-    assert rewards == pytest.approx([5.0, 5 * (near + 0.5) - 5, -5.0, 10 * 0.75 - 5])
+    assert rewards == pytest.approx([5.0, 5 * (near + 0.5) - 5, -5.0, 5 * 0.75 - 5])
 
 
 # --------------------------------------------------------------------------- embeddings
@@ -251,7 +261,7 @@ def test_explanation_edge_cases() -> None:
 def test_score_batch_no_reference_policy() -> None:
     (row,) = score_batch([MAX_OF], [[]], [0.75], [EXPL_A], [[]])
     assert row == {
-        "r_code": pytest.approx(2.5),
+        "r_code": pytest.approx(-1.25),
         "r_expl": None,
         "s_cb": None,
         "s_ut": 0.75,

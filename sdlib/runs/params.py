@@ -231,6 +231,9 @@ class RLParams(PPOConfig):
     """Explanation-reward calibration; None = the embedding model's calibrated default."""
     expl_divisor: float | None = None
     """Explanation-reward calibration; None = the embedding model's calibrated default."""
+    no_reference_code: Literal["zero_similarity", "tests_only"] = "zero_similarity"
+    """R_code when a wrong solution has no correct refinement: ``zero_similarity`` (S_cb = 0,
+    a passing fix earns 0, never more than with references) or ``tests_only`` (10·S_ut − 5)."""
 
 
 class NamedModel(ModelSpec):

@@ -40,6 +40,8 @@ from sdlib.prompting.answers import judge_programs, read_answer
 from sdlib.runs.layout import RunLayout
 
 WRONG_BATCH = 8  # wrong solutions whose refinements are generated together
+# Wrong answers never sent for refinement: no code to put in the history, or not judged.
+NEVER_REFINED = ("no_code", "sandbox_error")
 
 
 def sample_initial(
@@ -111,7 +113,7 @@ def wrong_solutions(initial: list[dict[str, Any]], max_per_problem: int | None) 
     out: list[dict] = []
     per_task: dict[str, int] = {}
     for record in initial:
-        if record["verdict"]["status"] in ("pass", "no_code", "sandbox_error"):
+        if record["verdict"]["status"] == "pass" or record["verdict"]["status"] in NEVER_REFINED:
             continue
         count = per_task.get(record["task_id"], 0)
         if max_per_problem is not None and count >= max_per_problem:

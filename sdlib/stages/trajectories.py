@@ -28,6 +28,7 @@ from sdlib.execution.verdict import Verdict
 from sdlib.prompting import prompts
 from sdlib.prompting.answers import judge_programs
 from sdlib.runs.layout import RunLayout
+from sdlib.stages.collect import NEVER_REFINED
 
 
 def judge_refinements(
@@ -147,20 +148,33 @@ def rl_records(initial: list[dict[str, Any]], judged: list[dict[str, Any]]) -> l
 def dataset_table(
     initial: list[dict[str, Any]], judged: list[dict[str, Any]], source: str
 ) -> dict[str, Any]:
-    """Method §2's table: unique / correct / wrong / correct refinements / rate."""
+    """Method §2's table: unique / correct / wrong / correct refinements / rate.
+
+    ``rate`` is the paper's: wrong solutions with a correct refinement over the wrong
+    solutions that were sent for refinement. Wrong answers never sent (no code to show, a
+    sandbox error, over ``collect.max_wrong_per_problem``) are counted apart, in
+    ``wrong_not_refined``; ``rate_of_all_wrong`` divides by every wrong solution instead.
+    """
     wrong_ids = {r["id"] for r in initial if r["verdict"]["status"] != "pass"}
-    refined = {r["parent"] for r in judged if r["verdict"]["status"] == "pass"}
+    refined = {r["parent"] for r in judged if r["verdict"]["status"] == "pass"} & wrong_ids
     by_mode = Counter(r["mode"] for r in judged if r["verdict"]["status"] == "pass")
-    attempted = {r["parent"] for r in judged}
+    attempted = {r["parent"] for r in judged} & wrong_ids
+    not_sent = Counter(
+        r["verdict"]["status"] if r["verdict"]["status"] in NEVER_REFINED else "over_limit"
+        for r in initial
+        if r["id"] in wrong_ids and r["id"] not in attempted
+    )
     return {
         "source": source,
         "problems": len({r["task_id"] for r in initial}),
         "unique": len(initial),
         "correct": len(initial) - len(wrong_ids),
         "wrong": len(wrong_ids),
-        "wrong_refined_attempted": len(attempted),
-        "correct_refinements": len(refined & wrong_ids),
-        "rate": len(refined & wrong_ids) / len(wrong_ids) if wrong_ids else 0.0,
+        "wrong_refined": len(attempted),
+        "wrong_not_refined": dict(sorted(not_sent.items())),
+        "correct_refinements": len(refined),
+        "rate": len(refined) / len(attempted) if attempted else 0.0,
+        "rate_of_all_wrong": len(refined) / len(wrong_ids) if wrong_ids else 0.0,
         "refinements": len(judged),
         "refinements_correct": sum(by_mode.values()),
         "refinements_correct_by_mode": dict(by_mode),

@@ -76,11 +76,13 @@ class RewardConfig:
     the paper refined only 26-46% of wrong solutions). The similarity terms are then undefined,
     not zero: zero would say "unlike every correct fix" when there is no fix to be unlike.
 
-    * ``no_reference_code="tests_only"`` (default): ``S_cb`` is None and
-      ``R_code = 10 * S_ut - 5``, i.e. the unit tests carry the whole [-5, 5] range. A
-      refinement that passes every test is a correct fix (better than the teacher managed) and
-      gets the full +5, one that passes none gets -5. ``"zero_similarity"`` sets ``S_cb = 0``
-      instead (``R_code = 5 * S_ut - 5``, at most 0), which penalises such problems.
+    * ``no_reference_code="zero_similarity"`` (default): ``S_cb = 0``, so
+      ``R_code = 5 * S_ut - 5``: a fix that passes every test earns 0, one that passes none
+      -5. The paper does not define this case; the choice keeps the two cases comparable: with
+      references a passing fix earns ``5 * S_cb`` in [0, 5], so lacking references never pays
+      more than having them (tests check the ordering). ``"tests_only"`` gives the unit tests
+      the whole range (``R_code = 10 * S_ut - 5``, +5 for a passing fix): RL then earns more on
+      the problems the teacher could not fix than on those it could.
     * ``no_reference_expl="none"`` (default): ``S_ex`` and ``R_expl`` are None, meaning "no
       explanation reward": the explanation tokens then get only the per-token KL (a trainer
       that needs a number adds 0; GRPO-style reward functions may return None to skip). The
@@ -108,7 +110,7 @@ class RewardConfig:
     expl_offset: float = 11.0
     expl_divisor: float = 1.0
     clip: tuple[float, float] | None = (-5.0, 5.0)
-    no_reference_code: NoReferenceCode = "tests_only"
+    no_reference_code: NoReferenceCode = "zero_similarity"
     no_reference_expl: NoReferenceExpl = "none"
 
     def __post_init__(self) -> None:

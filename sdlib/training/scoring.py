@@ -18,7 +18,10 @@ from sdlib.training.rollouts import RLPrompt, Rollout
 def reward_config(params: RunParams) -> RewardConfig:
     """params.rl -> RewardConfig (None constants keep RewardConfig's defaults)."""
     rl = params.rl
-    overrides: dict[str, Any] = {"embedding_model": rl.embedding_model}
+    overrides: dict[str, Any] = {
+        "embedding_model": rl.embedding_model,
+        "no_reference_code": rl.no_reference_code,
+    }
     for name in ("expl_scale", "expl_offset", "expl_divisor"):
         if getattr(rl, name) is not None:
             overrides[name] = getattr(rl, name)
