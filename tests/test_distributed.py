@@ -115,7 +115,9 @@ def test_sft_two_processes(setup):
     assert metrics["processes"] == 2 and metrics["global_batch_size"] == 4
     n_train = metrics["records"]["train"]
     # the data is sharded: each step takes 2 records on each of 2 processes
-    assert metrics["optimizer_steps"] == sft.optimizer_steps(n_train, 4, 1, 1) < n_train // 2
+    # the plan counts both processes' shares: planned = real steps (was 2x too many)
+    planned = sft.optimizer_steps(n_train, 2, 1, 1, processes=2)
+    assert metrics["optimizer_steps"] == metrics["planned_steps"] == planned < n_train // 2
     assert checksums[0] == checksums[1] == summary["trainable_checksum"]
     assert metrics["eval_loss_after"] < metrics["eval_loss_before"]
     assert metrics["records"]["held_out_refinements"] > 0

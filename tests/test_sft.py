@@ -185,7 +185,14 @@ def test_held_out_split_and_warmup_cap():
     assert len(sft.held_out_split(3, 0.1, seed=0)[1]) == 1  # at least one when possible
     assert sft.held_out_split(1, 0.5, seed=0) == ([0], [])
     assert sft.capped_warmup(500, 18)[0] == 1 and sft.capped_warmup(5, 1000) == (5, "")
+    # only the tiny model's short runs are capped; a real run keeps its warm-up, with a note
+    steps, note = sft.capped_warmup(500, 18, tiny=False)
+    assert steps == 500 and "never reaches" in note
+    assert sft.capped_warmup(50, 1000, tiny=False) == (50, "")
     assert sft.optimizer_steps(16, 4, 1, 3) == 12 and sft.optimizer_steps(16, 4, 3, 2) == 4
+    # 8 processes share the records: 8x fewer steps than one process would take
+    assert sft.optimizer_steps(640, 4, 1, 1, processes=8) == 20 == sft.optimizer_steps(640, 32, 1, 1)
+    assert sft.optimizer_steps(10, 2, 1, 1, processes=4) == 2  # ceil(10/4)=3 records -> 2 batches
 
 
 def test_chat_template_prompt_gets_one_bos(records, model_dir):

@@ -114,13 +114,28 @@ def held_out_split(n: int, fraction: float, seed: int) -> tuple[list[int], list[
     return sorted(order[k:]), sorted(order[:k])
 
 
-def optimizer_steps(n_train: int, batch_size: int, grad_accum: int, epochs: float) -> int:
-    batches = math.ceil(n_train / batch_size)
+def optimizer_steps(
+    n_train: int, batch_size: int, grad_accum: int, epochs: float, processes: int = 1
+) -> int:
+    """Optimizer steps of a run: each of ``processes`` gets ``ceil(n_train / processes)``
+    records (the distributed sampler's share) in batches of ``batch_size``."""
+    per_process = math.ceil(n_train / max(1, processes))
+    batches = math.ceil(per_process / batch_size)
     per_epoch = max(1, math.ceil(batches / grad_accum))
     return max(1, math.ceil(per_epoch * epochs))
 
 
-def capped_warmup(requested: int, total_steps: int) -> tuple[int, str]:
+def capped_warmup(requested: int, total_steps: int, tiny: bool = True) -> tuple[int, str]:
+    """The warm-up steps to use and a note. On the embedded tiny model's short runs the
+    paper-scale warm-up is capped at ``WARMUP_CAP`` of the steps; any other run keeps what it
+    asked for, with a note when that is the whole run."""
+    if not tiny:
+        if requested < total_steps:
+            return requested, ""
+        return requested, (
+            f"warmup_steps {requested} >= the run's {total_steps} optimizer steps: the learning "
+            "rate never reaches sft.learning_rate (lower sft.warmup_steps)"
+        )
     cap = int(WARMUP_CAP * total_steps)
     if requested <= cap:
         return requested, ""
@@ -359,9 +374,13 @@ def run_sft(params: RunParams, run_dir: str | Path, progress: bool = True) -> di
     refine_ds = held_ds.select(held_refine) if held_ds is not None and held_refine else None
 
     total = optimizer_steps(
-        len(train_ds), cfg.batch_size, cfg.gradient_accumulation_steps, cfg.epochs
+        len(train_ds),
+        cfg.batch_size,
+        cfg.gradient_accumulation_steps,
+        cfg.epochs,
+        processes=state.num_processes,
     )
-    warmup, warmup_note = capped_warmup(cfg.warmup_steps, total)
+    warmup, warmup_note = capped_warmup(cfg.warmup_steps, total, tiny=ctx.tiny)
     trainer = build_trainer(
         params, path, train_ds, held_ds, layout.sft_checkpoints, progress, warmup
     )
