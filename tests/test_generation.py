@@ -27,7 +27,9 @@ from sdlib.generation.backends import (
     SamplingParams,
     VLLMBackend,
     make_backend,
+    request_seed,
     truncate_at_stop,
+    vllm_sampling_kwargs,
 )
 from sdlib.generation.tiny_model import TinyModelConfig, build_tiny_model, tiny_prompt
 
@@ -301,6 +303,56 @@ def test_openai_samples_n_per_prompt_reproducibly(server: str) -> None:
     assert [[c.text for c in r] for r in first] == [[c.text for c in r] for r in again]
     assert all("\n" not in c.text and c.prompt_tokens > 0 for row in first for c in row)
     assert len({c.text for row in first for c in row}) > 1
+
+
+# ------------------------------------------------------------------- the seeding contract
+# The resampling baseline sends the *same* prompt for every failing sample of a task: each
+# request must sample on its own seed, or every "fresh" sample is a copy.
+
+SAME_PROMPT = [PROMPTS[0]] * 4
+SAMPLING = SamplingParams(n=1, temperature=1.0, max_new_tokens=24, seed=5)
+
+
+def _texts(rows) -> list[str]:
+    return [row[0].text for row in rows]
+
+
+def test_hf_identical_prompts_sample_differently(hf: HFBackend) -> None:
+    texts = _texts(hf.generate(SAME_PROMPT, SAMPLING))
+    assert len(set(texts)) > 1 and texts == _texts(hf.generate(SAME_PROMPT, SAMPLING))
+
+
+def test_openai_identical_prompts_sample_differently(server: str) -> None:
+    client = _client(server)
+    texts = _texts(client.generate(SAME_PROMPT, SAMPLING))
+    assert len(set(texts)) > 1 and texts == _texts(client.generate(SAME_PROMPT, SAMPLING))
+    assert [client._sampling_body(SAMPLING, i)["seed"] for i in range(3)] == [5, 6, 7]
+
+
+def test_vllm_gets_one_seed_per_request() -> None:
+    """vLLM cannot be installed here: its arguments are built by a pure function, and the
+    backend hands vLLM one SamplingParams per prompt (checked with a recording engine)."""
+    kwargs = vllm_sampling_kwargs(SAMPLING, 4)
+    assert (
+        [k["seed"] for k in kwargs] == [5, 6, 7, 8] == [request_seed(SAMPLING, i) for i in range(4)]
+    )
+    assert all(k["max_tokens"] == 24 and k["temperature"] == 1.0 for k in kwargs)
+    unseeded = SamplingParams(n=1, temperature=1.0, max_new_tokens=8, seed=None)
+    assert [k["seed"] for k in vllm_sampling_kwargs(unseeded, 2)] == [None, None]
+
+    class Engine:  # records what vLLM's LLM.generate would receive
+        def generate(self, prompts, sampling, lora_request=None):
+            self.sampling = sampling
+            return []
+
+    backend = VLLMBackend.__new__(VLLMBackend)
+    backend._vllm, backend.llm, backend.lora = (
+        type("vllm", (), {"SamplingParams": dict}),
+        Engine(),
+        None,
+    )
+    backend.generate(SAME_PROMPT, SAMPLING)
+    assert [s["seed"] for s in backend.llm.sampling] == [5, 6, 7, 8]
 
 
 def test_openai_chat(server: str) -> None:

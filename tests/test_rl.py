@@ -385,3 +385,21 @@ def test_detached_value_head_leaves_the_policy_alone(rl_run):
         assert lora_grads and model.value_head.summary.weight.grad is not None
         assert all(g is None for g in lora_grads) == detach
         base = model.policy.unload()  # the plain model again, for the next round
+
+
+def test_learning_rates_follow_where_the_policy_starts(rl_run):
+    """A fresh LoRA on a full SFT model does not train at the full-weight rate (2e-6)."""
+    cfg = parse({"rl": {"learning_rate": 2e-6}}).rl
+    full = policy.learning_rates(cfg, "sft_full+fresh_lora")
+    assert full["policy"] == pytest.approx(2e-5) and full["value_head"] == full["policy"]
+    assert "full SFT" in full["rule"]
+    assert policy.learning_rates(cfg, "sft_adapter")["policy"] == 2e-6
+    own = parse({"rl": {"adapter_learning_rate": 5e-5, "value_head_learning_rate": 1e-3}}).rl
+    rates = policy.learning_rates(own, "sft_full+fresh_lora")
+    assert (rates["policy"], rates["value_head"]) == (5e-5, 1e-3)
+    # the run says which was done, in its summary and its manifest
+    params, run_dir, _, summary = rl_run
+    expected = policy.learning_rates(params.rl, "base+fresh_lora")
+    assert summary["learning_rates"] == expected
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["rl_learning_rates"] == expected

@@ -103,6 +103,30 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
 # transformers, in process
 
 
+def request_seed(params: SamplingParams, index: int) -> int | None:
+    """The seed of request ``index`` of a call: ``seed + index`` (None stays unseeded), so
+    every request of a call samples differently and a rerun samples the same again. The
+    OpenAI-compatible and vLLM backends use it per prompt; the HF backend seeds its
+    ``generate`` calls the same way (``seed + call``)."""
+    return None if params.seed is None else params.seed + index
+
+
+def vllm_sampling_kwargs(params: SamplingParams, count: int) -> list[dict[str, Any]]:
+    """vLLM ``SamplingParams`` arguments for ``count`` requests (kept apart from vLLM so the
+    seeding contract is tested where vLLM cannot be installed)."""
+    return [
+        {
+            "n": params.n,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "max_tokens": params.max_new_tokens,
+            "stop": params.stop or None,
+            "seed": request_seed(params, i),
+        }
+        for i in range(count)
+    ]
+
+
 def _resolve_device(device: str) -> str:
     import torch
 
@@ -439,8 +463,9 @@ class OpenAIBackend:
         }
         if params.stop:
             body["stop"] = params.stop
-        if params.seed is not None:
-            body["seed"] = params.seed + i
+        seed = request_seed(params, i)
+        if seed is not None:
+            body["seed"] = seed
         return body
 
     @staticmethod
@@ -582,15 +607,10 @@ class VLLMBackend:
 
             self.lora = LoRARequest("adapter", 1, adapter_path)
 
-    def _params(self, params: SamplingParams) -> Any:
-        return self._vllm.SamplingParams(
-            n=params.n,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            max_tokens=params.max_new_tokens,
-            stop=params.stop or None,
-            seed=params.seed,
-        )
+    def _params(self, params: SamplingParams, count: int) -> list[Any]:
+        """One vLLM ``SamplingParams`` per request, each with its own seed: one seed for all
+        would make identical prompts (the resampling baseline) return identical samples."""
+        return [self._vllm.SamplingParams(**kw) for kw in vllm_sampling_kwargs(params, count)]
 
     def _convert(self, outputs: Any, params: SamplingParams) -> list[list[Completion]]:
         results = []
@@ -604,13 +624,16 @@ class VLLMBackend:
         return results
 
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
-        outs = self.llm.generate(prompts, self._params(params), lora_request=self.lora)
+        outs = self.llm.generate(
+            prompts, self._params(params, len(prompts)), lora_request=self.lora
+        )
         return self._convert(outs, params)
 
     def generate_chat(
         self, conversations: list[list[Message]], params: SamplingParams
     ) -> list[list[Completion]]:
-        outs = self.llm.chat(conversations, self._params(params), lora_request=self.lora)
+        sampling = self._params(params, len(conversations))
+        outs = self.llm.chat(conversations, sampling, lora_request=self.lora)
         return self._convert(outs, params)
 
 

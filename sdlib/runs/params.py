@@ -148,7 +148,14 @@ class PPOConfig(Strict):
     )
 
     learning_rate: float = 2e-6
-    """AdamW learning rate of the policy (LoRA) and the value head."""
+    """AdamW learning rate of the policy: the paper's 2e-6 is for updating all weights. Used as
+    given when RL continues an SFT LoRA adapter or trains a fresh one on the base model."""
+    adapter_learning_rate: float | None = None
+    """Learning rate of the fresh LoRA adapter RL adds on a *full* (or merged) SFT model; at a
+    full-fine-tuning rate such an adapter barely moves. None = 10 × ``learning_rate`` (LoRA's
+    usual ratio to full fine-tuning; not from the paper)."""
+    value_head_learning_rate: float | None = None
+    """Learning rate of the value head (a fresh linear layer); None = the policy's rate."""
     batch_size: int = 64
     """Rollouts per PPO step, over all processes (each takes an equal share)."""
     mini_batch_size: int = 16

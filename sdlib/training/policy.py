@@ -14,7 +14,7 @@ from sdlib.execution.problems import Problem
 from sdlib.prompting import prompts
 from sdlib.runs.context import StageContext
 from sdlib.runs.layout import RunLayout
-from sdlib.runs.params import RunParams
+from sdlib.runs.params import PPOConfig, RunParams
 from sdlib.training.rewards import RewardConfig
 from sdlib.training.rollouts import RLPrompt, limit_prompts, load_rl_prompts
 from sdlib.training.scoring import reward_config
@@ -159,3 +159,24 @@ def open_rl_run(params: RunParams, run_dir: str | Path, progress: bool) -> RLRun
     if missing:
         raise ValueError(f"rl.jsonl names problems outside the training set: {missing[:5]}")
     return RLRun(ctx, accelerator, items, problems, reward_config(params))
+
+
+ADAPTER_LR_FACTOR = 10.0  # fresh LoRA on a full SFT model: this many times the full-weight rate
+
+
+def learning_rates(cfg: PPOConfig, start: str) -> dict[str, Any]:
+    """The policy's and the value head's learning rates for where the policy starts, and the
+    rule that chose them (written into the summary and the manifest)."""
+    if start == "sft_full+fresh_lora":
+        if cfg.adapter_learning_rate is not None:
+            policy, rule = (
+                cfg.adapter_learning_rate,
+                "rl.adapter_learning_rate (fresh LoRA on full SFT)",
+            )
+        else:
+            policy = ADAPTER_LR_FACTOR * cfg.learning_rate
+            rule = f"{ADAPTER_LR_FACTOR:g} x rl.learning_rate (fresh LoRA on a full SFT model)"
+    else:
+        policy, rule = cfg.learning_rate, "rl.learning_rate"
+    value = cfg.value_head_learning_rate if cfg.value_head_learning_rate is not None else policy
+    return {"start": start, "policy": policy, "value_head": value, "rule": rule}

@@ -43,6 +43,7 @@ from typing import Any
 from sdlib.data.jsonl import JsonlWriter
 from sdlib.prompting import prompts
 from sdlib.runs.layout import RunLayout
+from sdlib.runs.manifest import update_manifest
 from sdlib.runs.params import PPOConfig, RunParams
 from sdlib.runs.plots import plot_rewards
 from sdlib.training.policy import (
@@ -50,6 +51,7 @@ from sdlib.training.policy import (
     VALUE_HEAD_FILE,
     _gather,
     _shard,
+    learning_rates,
     load_policy,
     open_rl_run,
 )
@@ -116,8 +118,16 @@ def run_rl(params: RunParams, run_dir: str | Path, progress: bool = True) -> dic
             peft_model, reference_adapter=reference, detach_value=cfg.detach_value
         )
         disable_dropout(model)
+        rates = learning_rates(cfg, start)
+        if main:
+            update_manifest(ctx.run_dir, rl_learning_rates=rates)
+        head = {id(p) for p in model.value_head.parameters()}
+        trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
-            [p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate
+            [
+                {"params": [p for p in trainable if id(p) not in head], "lr": rates["policy"]},
+                {"params": [p for p in trainable if id(p) in head], "lr": rates["value_head"]},
+            ]
         )
         model, optimizer = accelerator.prepare(model, optimizer)
         kl_ctl = kl_controller(cfg)
@@ -279,6 +289,7 @@ def run_rl(params: RunParams, run_dir: str | Path, progress: bool = True) -> dic
         ),
         "reward_config": asdict(rcfg),
         "ppo_config": ppo_fields(cfg),
+        "learning_rates": rates,
         "trainable_checksum": trainable_checksum(unwrapped),
         "seconds": round(seconds, 1),
         **{k: round(v, 2) for k, v in sums.items()},

@@ -10,9 +10,10 @@ from typing import Any
 
 from sdlib.data.jsonl import write_jsonl
 from sdlib.prompting import prompts
+from sdlib.runs.manifest import update_manifest
 from sdlib.runs.params import RunParams
 from sdlib.runs.plots import plot_rewards
-from sdlib.training.policy import _gather, load_policy, open_rl_run
+from sdlib.training.policy import _gather, learning_rates, load_policy, open_rl_run
 from sdlib.training.rollouts import Rollout
 from sdlib.training.scoring import reward_summary, score_rollouts
 from sdlib.training.sft import trainable_checksum
@@ -65,6 +66,9 @@ def run_trl_baseline(
         sandbox = ctx.sandbox
         peft_model, tokenizer, start = load_policy(base_path, ctx.run_dir, params, device)
         chat_tokenizer, stop = run.chat_layout(tokenizer)
+        rates = learning_rates(cfg, start)
+        if main:
+            update_manifest(ctx.run_dir, rl_learning_rates=rates)
         dataset = Dataset.from_list(
             [
                 {"prompt": prompts.render_chat(i.messages, chat_tokenizer), "rl_id": i.id}
@@ -107,7 +111,7 @@ def run_trl_baseline(
         common = dict(
             output_dir=str(layout.rl_trl),
             max_steps=cfg.steps,
-            learning_rate=cfg.learning_rate,
+            learning_rate=rates["policy"],
             per_device_train_batch_size=cfg.batch_size // n_proc,
             generation_batch_size=cfg.batch_size,
             num_generations=group,
@@ -183,6 +187,7 @@ def run_trl_baseline(
         "reward_first": metrics[0]["reward_mean"] if metrics else None,
         "reward_last": metrics[-1]["reward_mean"] if metrics else None,
         "reward_config": asdict(run.rewards),
+        "learning_rates": rates,
         "trainable_checksum": trainable_checksum(trainer.model),
         "seconds": round(time.perf_counter() - t_run, 1),
     }
