@@ -48,7 +48,7 @@ def test_problem_fields(data_dir):
     assert "candidate(" in he.tests[0].code and he.prompt.startswith("from typing import List")
     mbpp = benchmarks.load_by_id("mbpp")["601"]
     assert mbpp.split == "train" and mbpp.entry_point == "max_chain_length"
-    assert mbpp.visible_tests == (mbpp.tests[0].code,)
+    assert mbpp.visible_tests == tuple(t.code for t in mbpp.tests) and len(mbpp.tests) == 3
     plus = benchmarks.load_by_id("mbpp+")["Mbpp/2"]
     assert plus.tests[0].kind == "call" and plus.tests[0].oracle == "set_eq"
     assert isinstance(plus.tests[0].inputs[0], tuple)  # EvalPlus's deserialisation applied

@@ -747,3 +747,39 @@ def test_unfenced_definition_with_a_comment_on_its_header() -> None:
     r = split_response(text, "f")
     assert r.code == "def f(x):  # don't forget 'x'\n    return x + 1"
     assert r.explanation == "Try this:" and r.after == "It adds one."
+
+
+# ------------------------------------------------------------------- golden prompts (issue 16)
+
+
+def test_golden_mbpp_prompt_is_the_benchmarks_own(data_dir):
+    """MBPP as its paper prompts it (Austin et al. 2021): the task text, then all three tests;
+    no "signature" (MBPP has none) and no test twice."""
+    from sdlib.data import benchmarks
+    from sdlib.prompting.prompts import task_description
+
+    problem = benchmarks.load_by_id("mbpp")["11"]
+    assert task_description(problem) == (
+        "You are an expert Python programmer, and here is your task: Write a python function "
+        "to remove first and last occurrence of a given character from the string.\n"
+        "Your code should pass these tests:\n\n"
+        'assert remove_Occ("hello","l") == "heo"\n'
+        'assert remove_Occ("abcda","a") == "bcd"\n'
+        'assert remove_Occ("PHP","P") == "H"\n'
+    )
+    plus = benchmarks.load("mbpp+", task_ids=["Mbpp/2"], directory=data_dir)[0]
+    text = task_description(plus)
+    assert "signature" not in text and text.count("assert ") == 1  # EvalPlus's prompt: one test
+
+
+def test_golden_humaneval_prompt_keeps_its_signature(data_dir):
+    from sdlib.data import benchmarks
+    from sdlib.prompting.prompts import task_description
+
+    problem = benchmarks.load_by_id("humaneval")["HumanEval/0"]
+    assert task_description(problem) == (
+        "You are an expert Python programmer, and here is your task: Complete the following "
+        "Python function.\n"
+        "Write the complete function, starting from this signature and docstring:\n"
+        "```python\n" + problem.prompt.strip("\n").rstrip() + "\n```\n"
+    )

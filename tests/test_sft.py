@@ -13,6 +13,7 @@ from sdlib.data import benchmarks
 from sdlib.data.mutants import mutants
 from sdlib.prompting import prompts
 from sdlib.runs import params as P
+from sdlib.stages import trajectories
 from sdlib.training import sft
 
 
@@ -42,17 +43,63 @@ def records(mbpp_train) -> list[dict]:
                 "feedback": feedback,
             }
         )
-    for problem in mbpp_train[16:20]:
-        out.append(
-            {
-                "id": f"{problem.key}/s0",
-                "source": "initial",
-                "task_id": problem.task_id,
-                "messages": prompts.initial_messages(problem),
-                "final_answer": prompts.format_answer(problem.reference),
-            }
-        )
-    return out
+    initial = [
+        {
+            "id": f"{p.key}/s0",
+            "task_id": p.task_id,
+            "verdict": {"status": "pass"},
+            "code": p.reference,
+        }
+        for p in mbpp_train[16:20]
+    ]
+    by_id = {p.task_id: p for p in mbpp_train[16:20]}
+    return out + trajectories.sft_records(initial, [], by_id)  # as the filter stage writes them
+
+
+def test_sft_trains_first_attempts_in_the_layout_eval_prompts_them(mbpp_train, data_dir):
+    """A correct first attempt is trained on exactly the prompt collection and evaluation
+    show the same model: few-shot completion text for a base model, the chat template's
+    rendering of the same few-shot chat for a chat model."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from sdlib.generation.generator import Generator, initial_request
+
+    few_shot = benchmarks.load("mbpp", split="prompt", directory=str(data_dir))[:3]
+    problem = mbpp_train[0]
+    initial = [
+        {
+            "id": "a",
+            "task_id": problem.task_id,
+            "verdict": {"status": "pass"},
+            "code": problem.reference,
+        }
+    ]
+    (record,) = trajectories.sft_records(initial, [], {problem.task_id: problem}, True, few_shot)
+
+    base = Generator(backend=None, name="base", tokenizer=None, style="base")
+    prompt, completion = sft.training_pair(record, None)
+    assert prompt == initial_request(problem, few_shot, base)[1]
+    assert prompt.endswith("```python\n") and prompt.count("```python") == 4  # 3 shots + task
+    assert completion == prompts.base_completion(problem.reference)
+
+    core = Tokenizer(models.WordLevel({"[UNK]": 0, "<s>": 1, "</s>": 2}, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, unk_token="[UNK]", bos_token="<s>", eos_token="</s>"
+    )
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n"
+        "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    )
+    chat = Generator(backend=None, name="chat", tokenizer=tokenizer, style="chat")
+    prompt, completion = sft.training_pair(record, tokenizer)
+    assert prompt == initial_request(problem, few_shot, chat)[1]
+    assert prompts.clean_block(problem.reference) in completion
+
+    old = {k: v for k, v in record.items() if k not in ("completion_prompt", "completion")}
+    with pytest.raises(ValueError, match="rerun the filter stage"):
+        sft.training_pair(old, None)
 
 
 @pytest.fixture(scope="module")
@@ -108,22 +155,24 @@ def test_loss_falls_only_on_the_final_answer(records, model_dir, tmp_path):
     assert len(prepared) == len(records)
     for record, example in zip(records, prepared):
         ids, labels = example["input_ids"], example["labels"]
-        prompt, completion = prompts.split_chat_for_training(
-            record["messages"], record["final_answer"]
-        )
+        prompt, completion = sft.training_pair(record, None)
         n_prompt = len(tokenizer(prompt)["input_ids"])
         # Every prompt token is masked: the task turn, the wrong solution, the feedback turn.
         assert all(label == -100 for label in labels[:n_prompt]), record["id"]
         masked_text = tokenizer.decode(ids[:n_prompt])
-        for message in record["messages"]:
-            assert prompts._clean_block(message["content"]) in masked_text
+        if record["source"] == "initial":  # a base model's first attempt: completion layout
+            assert masked_text.rstrip().endswith("```python")
+        for message in record["messages"] if record["source"] != "initial" else []:
+            assert prompts.clean_block(message["content"]) in masked_text
         if "wrong" in record:
             assert prompts.format_answer(record["wrong"]) in masked_text
             assert record["feedback"] in masked_text
         # Every token of the final answer (and the EOS after it) carries loss.
         assert labels[n_prompt:] == ids[n_prompt:] and len(ids) > n_prompt
         trained = tokenizer.decode(ids[n_prompt:])
-        assert trained == record["final_answer"] + tokenizer.eos_token
+        assert trained == completion + tokenizer.eos_token
+        target = record["completion"] if record["source"] == "initial" else record["final_answer"]
+        assert completion == target
         assert prompts.format_answer(record.get("wrong", "\0")) not in trained
 
 
@@ -138,6 +187,7 @@ def test_run_sft_trains_lora_and_writes_outputs(records, model_dir, tmp_path):
         lora_alpha=16,
         lora_dropout=0.0,
         merge=True,
+        warmup_steps=2,
     )
     run_dir = tmp_path / "run"
     (run_dir / "filter").mkdir(parents=True)
@@ -155,7 +205,9 @@ def test_run_sft_trains_lora_and_writes_outputs(records, model_dir, tmp_path):
     assert metrics["eval_loss_refinement_after"] < refine_before, metrics
     assert metrics["processes"] == 1 and metrics["global_batch_size"] == 4
     assert summary["eval_loss_after"] == metrics["eval_loss_after"]
-    assert metrics["warmup_steps"] <= 0.1 * metrics["planned_steps"] and metrics["warmup_note"]
+    # not the tiny model: the warm-up asked for is kept (no 10% cap), and the plan is exact
+    assert metrics["warmup_steps"] == 2 and "warmup_note" not in metrics
+    assert metrics["planned_steps"] == metrics["optimizer_steps"]
     assert len(metrics["train_losses"]) == metrics["optimizer_steps"] > 0
     assert (out / "model" / "adapter_model.safetensors").is_file()
     assert (out / "model" / "tokenizer.json").is_file()
@@ -191,7 +243,9 @@ def test_held_out_split_and_warmup_cap():
     assert sft.capped_warmup(50, 1000, tiny=False) == (50, "")
     assert sft.optimizer_steps(16, 4, 1, 3) == 12 and sft.optimizer_steps(16, 4, 3, 2) == 4
     # 8 processes share the records: 8x fewer steps than one process would take
-    assert sft.optimizer_steps(640, 4, 1, 1, processes=8) == 20 == sft.optimizer_steps(640, 32, 1, 1)
+    assert (
+        sft.optimizer_steps(640, 4, 1, 1, processes=8) == 20 == sft.optimizer_steps(640, 32, 1, 1)
+    )
     assert sft.optimizer_steps(10, 2, 1, 1, processes=4) == 2  # ceil(10/4)=3 records -> 2 batches
 
 

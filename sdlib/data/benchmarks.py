@@ -220,7 +220,7 @@ def _mbpp(row: dict) -> Problem:
         reference=row["code"].replace("\r\n", "\n"),
         tests=tuple(TestCase(kind="assert", code=t) for t in tests),
         setup=row.get("test_setup_code", "") or "",
-        visible_tests=(tests[0],),
+        visible_tests=tuple(tests),  # MBPP's customary prompt lists all three tests
     )
 
 

@@ -167,16 +167,29 @@ def _squash(text: str) -> str:
     return " ".join(text.split())
 
 
-def task_description(problem: Problem) -> str:
-    """The task as a model reads it: text, signature (when there is one) and visible tests."""
-    text = _squash(problem.text)
+def signature(problem: Problem) -> str:
+    """The problem's code prompt when it is one (HumanEval: imports, ``def``, docstring), else
+    "" (MBPP's docstring-only prompt is task text, not a signature)."""
     prompt = clean_block(problem.prompt)
-    if prompt and (not text or text in _squash(prompt)):
-        # HumanEval's text is its docstring: showing it twice only costs tokens.
-        text = TASK_TEXT_FROM_SIGNATURE
+    ep = re.escape(problem.entry_point)
+    return prompt if re.search(rf"^\s*(?:async\s+)?def\s+{ep}\s*\(", prompt, re.M) else ""
+
+
+def task_description(problem: Problem) -> str:
+    """The task as a model reads it, as the benchmark's own papers prompt it.
+
+    * A problem with a signature (HumanEval, HumanEval+): the instruction to complete the
+      function, then the signature and docstring (its text *is* the docstring, shown once).
+    * A text problem (MBPP): the task text, then every visible test (MBPP's customary prompt,
+      Austin et al. 2021: all three tests; MBPP+ shows the one test of EvalPlus's prompt).
+    """
+    code = signature(problem)
+    text = _squash(problem.text)
+    if code and (not text or text in _squash(code)):
+        text = TASK_TEXT_FROM_SIGNATURE  # HumanEval's text is its docstring
     parts = [TASK_TEXT.format(text=text)]
-    if prompt:
-        parts.append(TASK_SIGNATURE.format(prompt=prompt))
+    if code:
+        parts.append(TASK_SIGNATURE.format(prompt=code))
     tests = [t.strip() for t in problem.visible_tests if t.strip()]
     if tests:
         parts.append(TASK_TESTS.format(tests="\n".join(tests)))

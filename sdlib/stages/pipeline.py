@@ -94,7 +94,9 @@ def run_filter(params: RunParams, run_dir: str | Path, progress: bool = True) ->
         start = time.perf_counter()
         judged = trajectories.judge_refinements(refinements, problems, ctx.sandbox, progress)
         seconds = time.perf_counter() - start
-    sft = trajectories.sft_records(initial, judged, problems, params.filter.include_initial_correct)
+    sft = trajectories.sft_records(
+        initial, judged, problems, params.filter.include_initial_correct, ctx.few_shot_problems()
+    )
     rl = trajectories.rl_records(initial, judged)
     table = trajectories.dataset_table(initial, judged, params.collect.source)
     table.update(ctx.note())

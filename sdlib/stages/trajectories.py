@@ -54,8 +54,14 @@ def sft_records(
     judged: list[dict[str, Any]],
     problems: dict[str, Problem],
     include_initial_correct: bool = True,
+    few_shot: Sequence[Problem] = (),
 ) -> list[dict[str, Any]]:
-    """The SFT set: correct initial solutions + correct refinements of both kinds."""
+    """The SFT set: correct initial solutions + correct refinements of both kinds.
+
+    A correct initial solution is kept in both layouts a first attempt is prompted in, built
+    by the functions collection and evaluation prompt with (same few-shot examples): the chat
+    (``messages``, for chat models) and the few-shot completion text (``completion_prompt`` +
+    ``completion``, for base models). SFT trains the one its model is evaluated in."""
     out = []
     if include_initial_correct:
         for record in initial:
@@ -67,8 +73,10 @@ def sft_records(
                     "id": record["id"],
                     "source": "initial",
                     "task_id": record["task_id"],
-                    "messages": prompts.initial_messages(problem),
+                    "messages": prompts.initial_messages(problem, few_shot),
                     "final_answer": prompts.format_answer(record["code"]),
+                    "completion_prompt": prompts.initial_prompt(problem, few_shot, style="base"),
+                    "completion": prompts.base_completion(record["code"]),
                     "code": record["code"],
                 }
             )

@@ -68,9 +68,7 @@ def sft_dataset(records: list[dict[str, Any]], tokenizer: Any = None):
     rows: dict[str, list[str]] = {"prompt": [], "completion": [], "id": [], "source": []}
     bos = _template_bos(tokenizer)
     for record in records:
-        prompt, completion = prompts.split_chat_for_training(
-            record["messages"], record["final_answer"], tokenizer
-        )
+        prompt, completion = training_pair(record, tokenizer)
         if bos and prompt.startswith(bos):
             prompt = prompt[len(bos) :]  # TRL's tokenizer call adds it again
         rows["prompt"].append(prompt)
@@ -78,6 +76,23 @@ def sft_dataset(records: list[dict[str, Any]], tokenizer: Any = None):
         rows["id"].append(str(record.get("id", len(rows["id"]))))
         rows["source"].append(str(record.get("source", "")))
     return Dataset.from_dict(rows)
+
+
+def training_pair(record: dict[str, Any], tokenizer: Any = None) -> tuple[str, str]:
+    """(prompt, completion) of one SFT record, in the layout evaluation prompts the model in.
+
+    A chat model (``tokenizer`` given) sees every record as its chat template renders it. A base
+    model sees refinements in sdlib's plain chat layout, as the eval stage's refinement rounds
+    show them, and first attempts as the few-shot completion text of collection and
+    evaluation (``prompts.initial_prompt(style="base")``), its target the code and the fence."""
+    if tokenizer is None and record.get("source") == "initial":
+        if "completion_prompt" not in record:
+            raise ValueError(
+                f"SFT record {record.get('id')!r} has no completion_prompt: it was written by an "
+                "older sdlib; rerun the filter stage (sdlib run PARAMS --stages filter --force)"
+            )
+        return record["completion_prompt"], record["completion"]
+    return prompts.split_chat_for_training(record["messages"], record["final_answer"], tokenizer)
 
 
 def _template_bos(tokenizer: Any) -> str:
