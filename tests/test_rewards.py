@@ -10,6 +10,7 @@ from sdlib.training.rewards import (
     PACKAGED_MINILM,
     PAPER_EMBEDDING_MODEL,
     RewardConfig,
+    bounded_code,
     code_reward,
     code_rewards,
     codebleu_scores,
@@ -312,3 +313,26 @@ def test_batch_columns_must_agree_in_length() -> None:
         code_rewards([MAX_OF], [[MAX_OF]], [1.0, 0.0])
     with pytest.raises(ValueError):
         score_batch([MAX_OF], [[MAX_OF]], [1.2])
+
+
+def test_degenerate_long_answers_are_cut_before_codebleu() -> None:
+    """CodeBLEU's cost grows with the square of a line's length (80 KB on one line took 212 s
+    and 8.4 GB): a batch of 64 such answers must not stall or kill an RL step. Each is cut to
+    the configured bound before scoring, and its row says so."""
+    import time
+
+    answers = [
+        f"def f(x):\n    return {k} + " + " + ".join(["x"] * 27_000) + "\n" for k in range(64)
+    ]
+    degenerate = answers[0]
+    assert len(degenerate) > 80_000 and len(set(answers)) == 64  # 64 pairs to score
+    start = time.perf_counter()
+    rows = score_batch(answers, [[MAX_OF]] * 64, [0.0] * 64, [None] * 64, [[]] * 64)
+    print(f"64 degenerate 80 KB answers scored in {time.perf_counter() - start:.1f} s")
+    assert all(row["codebleu_cut"] is True and 0.0 <= row["s_cb"] <= 1.0 for row in rows)
+    (normal,) = score_batch([MAX_OF], [[MAX_OF]], [1.0], [None], [[]])
+    assert "codebleu_cut" not in normal and normal["s_cb"] == pytest.approx(1.0)
+    config = RewardConfig()
+    cut, was_cut = bounded_code(degenerate, config)
+    assert was_cut and len(cut) <= config.codebleu_max_chars
+    assert max(len(line) for line in cut.splitlines()) <= config.codebleu_max_line

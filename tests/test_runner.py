@@ -32,7 +32,8 @@ p = load(params_path)
 out = Path(run_dir) / stage
 out.mkdir(parents=True, exist_ok=True)
 (out / "result.json").write_text(json.dumps(
-    {"stage": stage, "run_name": p.run_name, "seed": p.seed, "cwd": os.getcwd()}))
+    {"stage": stage, "run_name": p.run_name, "seed": p.seed, "cwd": os.getcwd(),
+     "hash_seed": os.environ.get("PYTHONHASHSEED"), "hash": hash("same in every kernel")}))
 with open(Path(run_dir) / "executions.log", "a") as log:
     log.write(stage + "\\n")
 """
@@ -109,6 +110,13 @@ def test_runs_in_order_skips_redoes_and_forces(tmp_path, data_dir, capsys):
     assert statuses(result) == {"collect": "done", "filter": "done", "sft": "done"}
     assert executions(run_dir) == ["collect", "filter", "sft"]
     out = json.loads((run_dir / "filter" / "result.json").read_text())
+    # every kernel hashes strings alike (set order leaks into CodeBLEU): reruns are identical
+    seed = os.environ.get("PYTHONHASHSEED") or runner.KERNEL_HASH_SEED
+    hashes = {
+        json.loads((run_dir / s / "result.json").read_text())["hash"]
+        for s in ("collect", "filter", "sft")
+    }
+    assert out.pop("hash_seed") == seed and len(hashes) == 1 and out.pop("hash") in hashes
     assert out == {"stage": "filter", "run_name": "t", "seed": 7, "cwd": str(tmp_path)}
     assert (run_dir / "params.yaml").is_file()
     for stage in ("collect", "filter", "sft"):
@@ -124,6 +132,7 @@ def test_runs_in_order_skips_redoes_and_forces(tmp_path, data_dir, capsys):
     assert "torch" in manifest["packages"]  # null when missing, but always listed
     assert manifest["data"]["sha256"] == {name: FILES[name].sha256 for name in FILES}
     assert manifest["seed"] == 7 and manifest["params"]["seed"] == 7
+    assert manifest["python_hash_seed"] == seed
     assert manifest["python"]["version"] and manifest["platform"]["system"]
     assert manifest["prompts"]  # the templates
     assert manifest["sandbox"] == {"timeout": 10.0, "isolation": "test"}  # added by a stage

@@ -59,6 +59,11 @@ ROOT_CALLS = problem("root_calls", "root", call(3.0, 9.0), call(2.0, 4.0))
 LISTS = problem("lists", "lists", *asserts("assert lists(1) == [3]"), call([5], 2))
 DICTS = problem("dicts", "dicts", *asserts("assert dicts(1) == {'a': 3}"), call({"a": 5}, 2))
 LOOP = problem("loop", "seven", *asserts("for x in range(3):\n    assert seven(x) == 7 * x"))
+STDIO_ADD = Problem(
+    "stdio_add", "unit", "test", "add two numbers", "", "", "",
+    tests=(Case("stdio", inputs=("1 2\n",), expected="3\n"), Case("stdio", inputs=("2 3\n",), expected="5\n")),
+)  # fmt: skip
+GOOD_STDIO = "a, b = map(int, input().split())\nprint(a + b)\n"
 GOOD_ADD = "def add(a, b):\n    return a + b\n"
 WRONG_ADD = "def add(a, b):\n    return a - b\n"
 ALWAYS_EQUAL = (
@@ -570,6 +575,39 @@ HOSTILE_PROGRAMS = [
         "    except OSError:\n        pass\n" + WRONG_ADD,
         {"fail"},
     ),
+    # stdin/stdout programs: the whole program runs on each test's input
+    (
+        "stdio-read-forever",
+        STDIO_ADD,
+        "import sys\nwhile True:\n    sys.stdin.read()\n",
+        {"timeout"},
+    ),
+    (
+        "stdio-print-flood",
+        STDIO_ADD,
+        "while True:\n    print('x' * 65536)\n",
+        {"error", "crash", "timeout"},
+    ),
+    (
+        "stdio-fork-bomb",
+        STDIO_ADD,
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
+        {"timeout", "crash", "error"},
+    ),
+    (
+        "stdio-kill-parent",
+        STDIO_ADD,
+        "import os\nos.kill(os.getppid(), 9)\nprint(0)\n",
+        {"fail", "error", "crash"},
+    ),
+    (
+        "stdio-stdout-swapped-for-a-link",
+        STDIO_ADD,
+        "import os\nos.remove('stdout.txt')\nos.symlink('/etc/passwd', 'stdout.txt')\n",
+        {"fail"},
+    ),
+    ("stdio-constant-answer", STDIO_ADD, "print(3)\n", {"fail"}),
+    ("stdio-early-exit", STDIO_ADD, "import os\nos._exit(0)\n", {"fail"}),
     (
         "stdin-read",
         ADD,
@@ -627,6 +665,11 @@ def test_writes_and_deletes_outside_fail(sandbox, outside):
         assert "Error" in verdict.error_type, (name, verdict.error_type)
         assert sorted(p.name for p in outside.iterdir()) == ["victim.txt"], name
         assert victim.read_text() == "precious" and victim.stat().st_mode == mode, name
+        if name != "in-test":  # the same attempts by a stdin/stdout program
+            stdio = sandbox.run(STDIO_ADD, program.replace(GOOD_ADD, GOOD_STDIO))
+            assert stdio.status == "error" and "Error" in stdio.error_type, (name, stdio.feedback)
+            assert sorted(p.name for p in outside.iterdir()) == ["victim.txt"], name
+            assert victim.read_text() == "precious" and victim.stat().st_mode == mode, name
     assert harness.read_bytes() == harness_bytes
 
 

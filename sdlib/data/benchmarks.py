@@ -20,7 +20,8 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from sdlib.data.datafiles import DataFileMissing, data_dir, ensure_file, sha256_of
+from sdlib.data import competitive
+from sdlib.data.datafiles import DataFileMissing, cache_dir, data_dir, ensure_file, sha256_of
 from sdlib.execution import valuecodec
 from sdlib.execution.problems import CallTests, Problem, Split, TestCase
 
@@ -34,10 +35,6 @@ DATA_FILES = {
 EXPECTED_CACHE_VERSION = 3  # 3: inputs and outputs as JSON text, file not compressed
 REFERENCE_TIMEOUT = 30.0  # seconds for a canonical solution over all its inputs
 REFERENCE_INPUT_TIMEOUT = 20.0  # seconds for one input when the whole run failed
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("SDLIB_CACHE_DIR", "~/.cache/sdlib")).expanduser()
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -69,10 +66,22 @@ def load(
     split: Split | None = None,
     directory: str | os.PathLike[str] | None = None,
     task_ids: Iterable[str] | None = None,
+    difficulty: str | None = None,
 ) -> list[Problem]:
-    """Load a benchmark's problems, optionally one split or some task ids."""
+    """Load a benchmark's problems, optionally one split or some task ids. ``apps`` and
+    ``codecontests`` (``sdlib.data.competitive``) default to their ``test`` split and take a
+    ``difficulty``; their problems whose reference fails its own tests are left out."""
+    if benchmark in competitive.SOURCES:
+        problems = competitive.load(benchmark, split or "test", difficulty, directory)
+        if task_ids is not None:
+            wanted = {str(t) for t in task_ids}
+            problems = [p for p in problems if p.task_id in wanted]
+        return problems
     if benchmark not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {benchmark!r}; choose one of {', '.join(BENCHMARKS)}")
+        raise ValueError(
+            f"unknown benchmark {benchmark!r}; choose one of "
+            f"{', '.join(BENCHMARKS + tuple(competitive.SOURCES))}"
+        )
     path = data_path(benchmark, directory)
     stat = path.stat()
     if task_ids is not None and benchmark in ("humaneval+", "mbpp+"):
@@ -110,8 +119,13 @@ def _load_subset(
 
 def task_ids(benchmark: str, directory: str | os.PathLike[str] | None = None) -> list[str]:
     """The task ids of a benchmark file, without computing EvalPlus expected outputs."""
+    if benchmark in competitive.SOURCES:
+        return [p.task_id for p in load(benchmark, directory=directory)]
     if benchmark not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {benchmark!r}; choose one of {', '.join(BENCHMARKS)}")
+        raise ValueError(
+            f"unknown benchmark {benchmark!r}; choose one of "
+            f"{', '.join(BENCHMARKS + tuple(competitive.SOURCES))}"
+        )
     return [str(row["task_id"]) for row in _read_jsonl(data_path(benchmark, directory))]
 
 

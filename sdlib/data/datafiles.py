@@ -52,6 +52,11 @@ FILES: dict[str, DataFile] = {
 }
 
 
+def cache_dir() -> Path:
+    """Where computed data (expected outputs, verified references) is cached."""
+    return Path(os.environ.get("SDLIB_CACHE_DIR", "~/.cache/sdlib")).expanduser()
+
+
 class DataFileMissing(FileNotFoundError):
     """A benchmark file is absent and could not be downloaded."""
 

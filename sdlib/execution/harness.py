@@ -257,6 +257,12 @@ def _allclose(out, exp, atol: float, rtol: float = 1e-07) -> bool:
     return True
 
 
+def _listed(value):
+    if isinstance(value, (list, tuple)):
+        return [_listed(v) for v in value]
+    return value
+
+
 def call_matches(out, exp, inputs, oracle: str, atol_state: list) -> bool:
     """EvalPlus's comparison (evalplus.eval.unsafe_execute), oracles included, on plain
     values decoded from the job (they cannot run code)."""
@@ -273,6 +279,9 @@ def call_matches(out, exp, inputs, oracle: str, atol_state: list) -> bool:
         exact = exact or out == _oracles()["_digit_distance_nums"](*inputs)
     elif oracle == "set_eq":
         exact = set(out) == set(exp)
+    elif oracle == "apps":  # APPS's testing_util: tuples are lists; [x] also accepts x
+        out, exp = _listed(out), _listed(exp)
+        exact = out == exp or (type(exp) is list and len(exp) == 1 and out == exp[0])
     elif oracle == "not_none":
         exact = out == exp if isinstance(out, bool) else exp == (out is not None)
     # EvalPlus keeps a float tolerance, once set, for the task's later inputs: so do we.
@@ -565,6 +574,8 @@ def make_plan(problem: Problem) -> Plan:
     specs = _test_specs(problem)
     plan = Plan(problem=problem, tests=tests, calls=calls, groups=groups)
     plan.call_only = all(spec[0] == "call" for spec in specs)
+    if plan.call_only and problem.setup.strip():
+        plan.job_setup = problem.setup  # e.g. APPS's wrapper around a ``Solution`` method
     if any(spec[0] == "assert" for spec in specs):
         _prepare_namespace(plan, [spec[1] for spec in specs if spec[0] == "assert"])
     for index, spec in enumerate(specs):

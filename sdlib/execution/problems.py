@@ -6,10 +6,11 @@ A problem's tests come in two kinds:
 * ``assert``: a Python statement run after the program (MBPP's ``test_list``, the statements of
   HumanEval's ``check(candidate)`` body). ``candidate`` is bound to the entry point.
 * ``call``: call the entry point with ``inputs`` and compare the result with ``expected``
-  (EvalPlus's differential tests, with ``atol`` for floats).
+  (EvalPlus's differential tests, with ``atol`` for floats; APPS's call-based problems).
+* ``stdio``: run the whole program with ``inputs[0]`` on stdin and compare its stdout with
+  ``expected`` (APPS, CodeContests; ``sdlib.execution.stdio``), each test in a fresh job.
 
-Stdin/stdout problems (APPS, CodeContests) will add a third kind, ``stdio``, without changing
-any consumer: consumers only read ``Verdict`` objects.
+Consumers never care which: they only read ``Verdict`` objects.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, Literal
 
 from sdlib.execution import valuecodec
 
-TestKind = Literal["assert", "call"]
+TestKind = Literal["assert", "call", "stdio"]
 Split = Literal["prompt", "train", "validation", "test"]
 
 
@@ -29,8 +30,8 @@ Split = Literal["prompt", "train", "validation", "test"]
 class TestCase:
     kind: TestKind
     code: str = ""  # kind == "assert": the statement
-    inputs: tuple[Any, ...] = ()  # kind == "call": positional arguments
-    expected: Any = None  # kind == "call": the canonical solution's output
+    inputs: tuple[Any, ...] = ()  # kind == "call": positional arguments; "stdio": (stdin,)
+    expected: Any = None  # kind == "call": the canonical solution's output; "stdio": stdout
     # EvalPlus oracles that are not plain equality ("set_eq", "not_none", ...); "" = equality.
     oracle: str = ""
 
@@ -38,6 +39,8 @@ class TestCase:
         """The test as a human (or a refinement prompt) reads it."""
         if self.kind == "assert":
             text = self.code.strip()
+        elif self.kind == "stdio":
+            text = f"input:\n{self.inputs[0] if self.inputs else ''}\nexpected output:\n{self.expected}"
         else:
             args = ", ".join(repr(a) for a in self.inputs)
             text = f"assert {entry_point}({args}) == {self.expected!r}"
@@ -116,10 +119,27 @@ class Problem:
     # Seconds the reference took on all tests (EvalPlus benchmarks): a slow-but-correct
     # program gets a time limit in proportion (SandboxConfig.reference_factor).
     reference_seconds: float = 0.0
+    # Stdin/stdout problems: the source's own limits per test (CodeContests gives both; the
+    # sandbox scales the time for Python), and whether one right output exists at all.
+    time_limit: float | None = None
+    memory_mb: int | None = None
+    checkable: bool = True  # False: several answers are right; comparison cannot judge
+    difficulty: str = ""  # APPS: introductory/interview/competition; CodeContests: its rating
+    # Code run before the program (APPS's testing_util imports typing, math, collections...
+    # for every solution: its references and starter code rely on them).
+    preamble: str = ""
 
     @property
     def key(self) -> str:
         return f"{self.benchmark}:{self.task_id}"
+
+    @property
+    def stdio(self) -> bool:
+        """A stdin/stdout problem: the program is run whole on each test's input."""
+        return bool(self.tests) and self.tests[0].kind == "stdio"
+
+    def with_preamble(self, program: str) -> str:
+        return f"{self.preamble}\n{program}" if self.preamble else program
 
     def program_from_completion(self, completion: str) -> str:
         """EvalPlus's convention: a ``completion`` is appended to the prompt."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdlib.execution import harness, valuecodec
+from sdlib.execution import harness, stdio, valuecodec
 from sdlib.execution.problems import Problem
 from sdlib.execution.verdict import STATUSES, Verdict, cap
 
@@ -64,6 +64,10 @@ class SandboxConfig:
     # EvalPlus's rule: a program may take reference_factor x the reference's time when that
     # is longer than ``timeout`` (slow machines must not flip verdicts of correct programs).
     reference_factor: float = 4.0
+    # Stdin/stdout problems: each test gets the problem's own time limit times this factor
+    # (CodeContests' limits are set for C++), or ``stdio_timeout`` when the data gives none.
+    stdio_time_factor: float = 3.0
+    stdio_timeout: float = 4.0
     # Guarantees the machine must give or the sandbox refuses to start: any of "filesystem",
     # "network", "processes", "ipc" (README, "The sandbox").
     require: tuple[str, ...] = ()
@@ -357,6 +361,20 @@ class _Worker:
             job["full"] = True
         return self.request(job, timeout=timeout + 30)
 
+    def run_stdio(
+        self, program: str, stdin: str, timeout: float, memory_mb: int, max_output: int
+    ) -> dict | None:
+        """One stdio test run: the program whole, ``stdin`` as its input."""
+        job = {
+            "op": "stdio",
+            "program": program,
+            "stdin": stdin,
+            "timeout": timeout,
+            "memory_mb": memory_mb,
+            "max_output": max_output,
+        }
+        return self.request(job, timeout=timeout + 30)
+
     def _problem_message(self, plan: harness.Plan) -> bytes:
         return plan.message_line()
 
@@ -494,7 +512,52 @@ class Sandbox:
         """The program's verdict. ``fail_fast``: stop at the first failing call test, as
         EvalPlus does without ``--test-details``; ``passed`` then counts only the tests
         judged before it."""
+        if problem.stdio:
+            return _verdict(self._execute_stdio(problem, program, timeout, fail_fast))
         return _verdict(self._execute(problem, program, "check", timeout, fail_fast)[0])
+
+    def _execute_stdio(
+        self, problem: Problem, program: str, timeout: float | None, fail_fast: bool
+    ) -> dict:
+        """One fresh job per test (``sdlib.execution.stdio``); judged here. After a failed
+        run (timeout, crash) the remaining tests are not run and count as failed."""
+        limit = timeout or stdio.time_limit(
+            problem, self.config.stdio_timeout, self.config.stdio_time_factor
+        )
+        worker = self._idle.get()
+        memory = worker.memory_mb()
+        if problem.memory_mb:  # the problem's own limit, plus what the interpreter needs
+            memory = min(memory, problem.memory_mb + STDIO_INTERPRETER_MB)
+        runs: list[dict] = []
+        try:
+            for test in problem.tests:
+                expected = test.expected if isinstance(test.expected, str) else ""
+                max_output = 2 * len(expected.encode("utf-8", "replace")) + 4096
+                stdin = test.inputs[0] if test.inputs else ""
+                reply = None
+                for _attempt in range(2):
+                    reply = worker.run_stdio(program, stdin, limit, memory, max_output)
+                    if reply is not None and "end" in reply:
+                        break
+                    worker.stop()
+                    self.restarts += 1
+                    worker.start()
+                    reply = None
+                if reply is None:
+                    reply = {"end": {"end": "setup_failed", "msg": "the sandbox worker died twice"}}
+                runs.append(reply)
+                end = reply["end"].get("end")
+                ok_end = end == "done" or (end == "exit" and reply["end"].get("code") == 0)
+                if not ok_end:
+                    break
+                if fail_fast and not (
+                    not reply.get("truncated")
+                    and stdio.outputs_match(reply.get("stdout") or "", expected)
+                ):
+                    break
+        finally:
+            self._idle.put(worker)
+        return stdio.judge(problem, runs)
 
     def reference_outputs(
         self, problem: Problem, program: str, timeout: float | None = None
@@ -552,6 +615,7 @@ class Sandbox:
         return results  # type: ignore[return-value]
 
 
+STDIO_INTERPRETER_MB = 256  # address space a Python process needs beyond a problem's own limit
 TEXT_BYTES = 4096  # bytes of one text field of a verdict, before the feedback cap
 
 

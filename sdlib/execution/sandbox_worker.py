@@ -31,6 +31,9 @@ Protocol: one JSON object per line on stdin/stdout.
    with "full"}
       -> {"end": {"end": "done"|"syntax"|"fatal"|"timeout"|..., ...},
           "results": [{"v": encoded answer} | {"h": sha256} | {"etype", "msg"} | null, ...]}
+  {"op": "stdio", "program", "stdin", "timeout", "memory_mb", "max_output"}: one run of a
+   stdin/stdout program on one test's input, in a fresh runner
+      -> {"end": {...}, "stdout": text (at most max_output bytes), "truncated": bool}
 """
 
 from __future__ import annotations
@@ -365,6 +368,61 @@ def run_calls(
     send({"ev": "done"}, final=True)
 
 
+def run_stdio(fd: int, nonce: str, program: str) -> None:
+    """In the runner: execute a stdin/stdout program as ``__main__`` (its stdin is the test's
+    input, its stdout a file the zygote reads afterwards). Only how it ended is reported:
+    what it printed is judged outside, against an output the program never sees."""
+
+    def send(event: dict) -> None:
+        event["n"] = nonce
+        data = (_dumps(event) + "\n").encode()
+        while data:
+            data = data[_os_write(fd, data) :]
+
+    try:
+        code = compile(program, "<solution>", "exec")
+    except (SyntaxError, ValueError, OverflowError, RecursionError, MemoryError) as exc:
+        send({"ev": "syntax", "msg": _error_line(exc)})
+        return
+    failure = None
+    try:
+        exec(code, {"__builtins__": builtins, "__name__": "__main__"})
+    except SystemExit as exc:  # exit(), sys.exit(0): a normal end; another code is an error
+        if exc.code not in (None, 0):
+            failure = {"etype": "SystemExit", "msg": f"exit status {exc.code!r}"[:200]}
+    except BaseException as exc:  # noqa: BLE001
+        failure = {"etype": _type(exc).__name__, "msg": _error_line(exc)}
+        where = _program_line(exc)
+        if where:
+            failure["where"] = where
+    try:
+        sys.stdout.flush()
+    except BaseException:  # noqa: BLE001 - a closed or replaced stdout: what reached the file counts
+        pass
+    send({"ev": "fatal", **failure} if failure else {"ev": "done"})
+
+
+def _read_output(path: str, limit: int) -> tuple[str, bool]:
+    """At most ``limit`` bytes of a file the job wrote (never through a link it planted),
+    as text; and whether there was more."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return "", False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return "", False
+        data = os.read(fd, limit + 1) if limit >= 0 else b""
+        chunks = [data]
+        while len(data) and sum(map(len, chunks)) <= limit:  # os.read may return less
+            data = os.read(fd, limit + 1 - sum(map(len, chunks)))
+            chunks.append(data)
+        data = b"".join(chunks)
+    finally:
+        os.close(fd)
+    return data[:limit].decode("utf-8", "replace"), len(data) > limit
+
+
 # ------------------------------------------------------------------------------ zygote ----
 
 
@@ -406,9 +464,16 @@ class Zygote:
             os.chdir(self.workdir)
             os.environ["HOME"] = self.workdir
             os.environ["TMPDIR"] = self.tmpdir
-            null = os.open(os.devnull, os.O_RDONLY)
-            out = os.open("stdout.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            err = os.open("stderr.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fresh = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW  # no planted link
+            if "stdin" in job:  # a stdio test: its input is the program's stdin
+                made = os.open("stdin.txt", fresh, 0o600)
+                with open(made, "w", encoding="utf-8", errors="surrogatepass") as f:
+                    f.write(job["stdin"])
+                null = os.open("stdin.txt", os.O_RDONLY)
+            else:
+                null = os.open(os.devnull, os.O_RDONLY)
+            out = os.open("stdout.txt", fresh, 0o600)
+            err = os.open("stderr.txt", fresh, 0o600)
             os.dup2(null, 0)
             os.dup2(out, 1)
             os.dup2(err, 2)
@@ -439,16 +504,19 @@ class Zygote:
             )
             _os_exit(70)
         try:
-            run_calls(
-                fd,
-                nonce,
-                program,
-                spec,
-                job["calls"],
-                job["groups"],
-                job["mode"],
-                job.get("full", False),
-            )
+            if "stdin" in job:
+                run_stdio(fd, nonce, program)
+            else:
+                run_calls(
+                    fd,
+                    nonce,
+                    program,
+                    spec,
+                    job["calls"],
+                    job["groups"],
+                    job["mode"],
+                    job.get("full", False),
+                )
         finally:
             _os_exit(0)
 
@@ -491,6 +559,41 @@ class Zygote:
         os.close(read_fd)
         status = self._cleanup(pid)
         return self._report(events, outcome, status, len(job["calls"]), duration)
+
+    def run_stdio(self, job: dict) -> dict:
+        """One stdio test: a fresh runner with the input on stdin; afterwards (every process
+        of the job killed) at most ``max_output`` bytes of what it wrote to stdout."""
+        if _type(job.get("stdin")) is not str or _type(job.get("program")) is not str:
+            return {"error": "a stdio job needs a program and a stdin text"}
+        job["mode"] = "check"
+        nonce = secrets.token_hex(16)
+        self._prepare_dirs()
+        read_fd, write_fd = os.pipe()
+        gc.freeze()
+        start = _perf()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_fd)
+            self._runner(write_fd, nonce, job["program"], {}, job)
+            _os_exit(0)
+        os.close(write_fd)
+        events, outcome = self._collect(
+            read_fd, pid, nonce, start + job["timeout"], OUTPUT_CHANNEL_LIMIT["check"]
+        )
+        duration = _perf() - start
+        os.close(read_fd)
+        status = self._cleanup(pid)
+        reply = self._report(events, outcome, status, 0, duration)
+        del reply["results"]
+        if reply["end"].get("end") == "fatal":  # keep where the program failed
+            final = next((e for e in events if e.get("ev") == "fatal"), {})
+            if _type(final.get("where")) is str:
+                reply["end"]["where"] = final["where"][:200]
+        limit = max(0, int(job.get("max_output", 1 << 20)))
+        reply["stdout"], reply["truncated"] = _read_output(
+            os.path.join(self.workdir, "stdout.txt"), limit
+        )
+        return reply
 
     def _prepare_dirs(self) -> None:
         """The job's own directory (and, without a mount namespace, its temp folder)."""
@@ -693,13 +796,15 @@ class Zygote:
                     reply = {"ok": True}
                 elif op == "run":
                     reply = self.run(msg)
+                elif op == "stdio":
+                    reply = self.run_stdio(msg)
                 else:
                     reply = {"error": f"unknown op {op!r}"}
             except Exception as exc:  # noqa: BLE001 - report, keep serving
                 reply = {"error": f"{type(exc).__name__}: {exc}"}
             wfile.write((json.dumps(reply) + "\n").encode())
             wfile.flush()
-            if op == "run":
+            if op in ("run", "stdio"):
                 self.wipe_job_files()
 
 

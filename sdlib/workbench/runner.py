@@ -43,6 +43,7 @@ from sdlib.runs.manifest import (
     now,
     read_manifest,
     replace_sections,
+    update_manifest,
     update_stage,
 )
 from sdlib.runs.params import STAGES, RunParams, load
@@ -233,6 +234,24 @@ def _print_error(stage: str, error: dict[str, Any], notebook: Path) -> None:
     print(f"  executed notebook: {notebook}", flush=True)
 
 
+KERNEL_HASH_SEED = "0"  # PYTHONHASHSEED of every stage kernel, unless the caller set one
+
+
+@contextlib.contextmanager
+def _environment(**values: str):
+    """Set environment variables for the duration (a kernel started inside inherits them)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def run(
     params_path: str | os.PathLike[str],
     stages: str | Sequence[str] | None = None,
@@ -402,6 +421,10 @@ def _execute(
 
     total = len(plan)
     failed = False
+    # String hashing order leaks into results (codebleu's dataflow match iterates sets of
+    # names): every stage kernel starts with the same hash seed, so a rerun is identical.
+    hash_seed = os.environ.get("PYTHONHASHSEED") or KERNEL_HASH_SEED
+    update_manifest(run_dir, python_hash_seed=hash_seed)
     for number, (stage, todo, reason) in enumerate(plan, 1):
         out_nb = executed_dir / notebook_of[stage].name
         head = f"[{number}/{total}] {stage}"
@@ -420,19 +443,20 @@ def _execute(
         print(f"{head}: running {notebook_of[stage]} ({reason})", flush=True)
         t0 = time.perf_counter()
         try:
-            execute_notebook(
-                str(notebook_of[stage]),
-                str(out_nb),
-                parameters={
-                    "params_path": str(resolved),
-                    "run_dir": str(run_dir),
-                    "stage": stage,
-                },
-                kernel_name=kernel,
-                cwd=str(project_root),
-                progress_bar=True,
-                log_output=False,
-            )
+            with _environment(PYTHONHASHSEED=hash_seed):  # the kernel inherits it
+                execute_notebook(
+                    str(notebook_of[stage]),
+                    str(out_nb),
+                    parameters={
+                        "params_path": str(resolved),
+                        "run_dir": str(run_dir),
+                        "stage": stage,
+                    },
+                    kernel_name=kernel,
+                    cwd=str(project_root),
+                    progress_bar=True,
+                    log_output=False,
+                )
         except BaseException as exc:  # noqa: BLE001 - every failure is recorded, then re-raised or reported
             seconds = round(time.perf_counter() - t0, 3)
             error = _error_of(exc)
