@@ -67,7 +67,7 @@ def apps_rows() -> list[dict]:
 
 def apps_incorrect() -> dict[str, str]:
     """problem_id -> a wrong Python solution."""
-    return {str(4000 + k): row[2] for k, row in enumerate(_APPS)}
+    return {f"apps/{4000 + k}": row[2] for k, row in enumerate(_APPS)}
 
 
 CPP = '#include <cstdio>\nint main(){int a,b;scanf("%d %d",&a,&b);printf("%d\\n",a+b);}\n'

@@ -65,16 +65,16 @@ def test_apps_rows_decoded_with_counted_drops(sources):
     problems = competitive.load("apps", "train", directory=sources["jsonl"])
     ids = {p.task_id for p in problems}
     # 12 rows: one without tests, one "print any of them", one whose reference fails
-    assert len(problems) == 9 and {"4010", "4006", "4011"}.isdisjoint(ids)
+    assert len(problems) == 9 and {"apps/4010", "apps/4006", "apps/4011"}.isdisjoint(ids)
     assert competitive.dropped("apps") == {
         "no_tests": 1,
         "several_answers": 1,
         "reference_fails": 1,
     }
     by_id = {p.task_id: p for p in problems}
-    assert by_id["4000"].stdio and by_id["4000"].tests[1].inputs == ("10 -3\n",)
-    assert by_id["4007"].tests[0].expected == "a\nb\nc\n"  # outputs kept as lists of lines
-    add, two_sum = by_id["4008"], by_id["4009"]
+    assert by_id["apps/4000"].stdio and by_id["apps/4000"].tests[1].inputs == ("10 -3\n",)
+    assert by_id["apps/4007"].tests[0].expected == "a\nb\nc\n"  # outputs kept as lists of lines
+    add, two_sum = by_id["apps/4008"], by_id["apps/4009"]
     assert not add.stdio and add.entry_point == "add" and add.tests[0].oracle == "apps"
     assert "class Solution" in two_sum.prompt and "Solution()" in two_sum.setup
     intro = competitive.load("apps", "train", "introductory", directory=sources["jsonl"])
@@ -82,7 +82,7 @@ def test_apps_rows_decoded_with_counted_drops(sources):
     kept = competitive.load(
         "apps", "train", directory=sources["jsonl"], include_uncheckable=True, verified=False
     )
-    assert not next(p for p in kept if p.task_id == "4006").checkable
+    assert not next(p for p in kept if p.task_id == "apps/4006").checkable
 
 
 def test_codecontests_rows_python3_only_all_tests_limits(sources):
@@ -128,7 +128,7 @@ def test_references_pass_and_incorrect_solutions_fail_with_feedback(sources, san
 
 def test_stdio_feedback_and_passed_of_total(sources, sandbox):
     by_id = {p.task_id: p for p in competitive.load("apps", "train", directory=sources["jsonl"])}
-    fib = by_id["4005"]  # tests: 0, 1, 10
+    fib = by_id["apps/4005"]  # tests: 0, 1, 10
     verdict = sandbox.run(fib, "n = int(input())\nprint(n)\n")  # right on 0 and 1 only
     assert (verdict.status, verdict.passed, verdict.total) == ("fail", 2, 3)
     assert verdict.feedback == "Failed test: Input:\n10\nExpected output:\n55\nActual output:\n10"
@@ -159,7 +159,7 @@ def test_an_uncheckable_failure_is_flagged_not_counted_as_the_models(sources, sa
     kept = competitive.load(
         "apps", "train", directory=sources["jsonl"], include_uncheckable=True, verified=False
     )
-    pair = next(p for p in kept if p.task_id == "4006")
+    pair = next(p for p in kept if p.task_id == "apps/4006")
     other_right_answer = sandbox.run(pair, "n = int(input())\nprint(n, 0)\n")
     assert other_right_answer.status == "fail" and other_right_answer.extra == {"uncheckable": True}
 
@@ -169,18 +169,118 @@ def test_stdio_prompts_say_read_stdin_and_show_starter_code(sources):
         p.task_id: p
         for p in competitive.load("apps", "train", directory=sources["jsonl"], verified=False)
     }
-    text = prompts.task_description(by_id["4000"])
+    text = prompts.task_description(by_id["apps/4000"])
     assert "Read two integers" in text and prompts.STDIO_INSTRUCTION in text
     assert "signature" not in text
-    two_sum = prompts.task_description(by_id["4009"])
+    two_sum = prompts.task_description(by_id["apps/4009"])
     assert "class Solution" in two_sum and prompts.STDIO_INSTRUCTION not in two_sum
     # a base model's few-shot prompt of a stdio task ends in an opened fence, as for MBPP
-    prompt = prompts.initial_prompt(by_id["4000"], [by_id["4001"]], style="base")
+    prompt = prompts.initial_prompt(by_id["apps/4000"], [by_id["apps/4001"]], style="base")
     assert prompt.endswith("```python\n") and prompt.count(prompts.STDIO_INSTRUCTION) == 2
     # the model's program runs whole, after APPS's own imports (its testing_util's header)
-    program = prompts.assemble_program(by_id["4000"], SUM_CODE)
+    program = prompts.assemble_program(by_id["apps/4000"], SUM_CODE)
     assert program == competitive.APPS_PREAMBLE + "\n" + SUM_CODE
-    assert "from typing import List" in prompts.assemble_program(by_id["4009"], "x = 1\n")
+    assert "from typing import List" in prompts.assemble_program(by_id["apps/4009"], "x = 1\n")
 
 
 SUM_CODE = "a, b = map(int, input().split())\nprint(a + b)\n"
+
+
+# ------------------------------------------------------------ the stages on all three sources
+
+
+@pytest.fixture(scope="module")
+def three_sources(tmp_path_factory, data_dir):
+    """A data directory with MBPP (the shared copy) and the APPS and CodeContests fixtures as
+    both train and test splits, and a run of collect + filter + eval over it."""
+    import os
+
+    from sdlib.runs.params import parse
+    from sdlib.stages import pipeline, refinement_eval
+
+    root = tmp_path_factory.mktemp("three")
+    data = root / "data"
+    data.mkdir()
+    for name in ("mbpp.jsonl", "MbppPlus-v0.2.0.jsonl.gz"):
+        os.symlink(data_dir / name, data / name)
+    for split in ("train", "test"):
+        write(apps_rows(), data / "apps", split, "jsonl")
+        write(codecontests_rows(), data / "codecontests", split, "parquet")
+    cache = root / "cache"
+    saved = os.environ.get("SDLIB_CACHE_DIR")
+    os.environ["SDLIB_CACHE_DIR"] = str(cache)
+    params = parse(
+        {
+            "run_name": "three",
+            "seed": 1,
+            "output_dir": str(root / "outputs"),
+            "data_dir": str(data),
+            "model": {"kind": "tiny", "batch_size": 16, "tiny": {"n_problems": 3, "steps": 4, "batch_size": 4, "max_len": 768}},
+            "sandbox": {"timeout": 5, "workers": 2},
+            "collect": {
+                "sources": [
+                    {"name": "mbpp", "n_problems": 2},
+                    {"name": "apps", "n_problems": 3},
+                    {"name": "codecontests", "n_problems": 2},
+                ],
+                "few_shot": 1,
+                "samples_per_problem": 2,
+                "max_new_tokens": 48,
+                "refinements_per_wrong": 1,
+            },
+            "eval": {
+                "benchmarks": ["apps", "codecontests"],
+                "n_problems": 2,
+                "samples_per_task": 2,
+                "max_new_tokens": 32,
+                "rounds": 1,
+                "tasks_per_call": 2,
+                "models": ["base"],
+            },
+        }
+    )  # fmt: skip
+    run_dir = params.run_dir()
+    try:
+        pipeline.run_collect(params, run_dir, progress=False)
+        filtered = pipeline.run_filter(params, run_dir, progress=False)
+        evaluated = refinement_eval.run_eval(params, run_dir, progress=False)
+    finally:
+        if saved is None:
+            os.environ.pop("SDLIB_CACHE_DIR", None)
+        else:
+            os.environ["SDLIB_CACHE_DIR"] = saved
+    return params, run_dir, filtered, evaluated
+
+
+def test_collection_and_filtering_from_all_three_sources(three_sources):
+    import json
+
+    from sdlib.data.resumable import read_committed
+    from sdlib.runs.layout import RunLayout
+
+    params, run_dir, filtered, _ = three_sources
+    table = filtered["table"]
+    assert set(table["by_source"]) == {"mbpp", "apps", "codecontests"} and table["source"] == "all"
+    for name, part in table["by_source"].items():
+        assert part["paper_rate"] == {"mbpp": 0.4595, "apps": 0.3921, "codecontests": 0.2607}[name]
+        assert part["unique"] >= 1
+    assert sum(p["unique"] for p in table["by_source"].values()) == table["unique"]
+    layout = RunLayout(run_dir)
+    initial = read_committed(layout.initial)
+    benchmarks_seen = {r["benchmark"] for r in initial}
+    assert benchmarks_seen == {"mbpp", "apps", "codecontests"}
+    # the few-shot CodeContests example is never collected
+    assert "1_A. Sum" not in {r["task_id"] for r in initial}
+    # the RL set: MBPP + APPS by default
+    rl = [json.loads(line) for line in layout.rl_set.read_text().splitlines()]
+    by_task = {r["task_id"]: r["benchmark"] for r in initial}
+    assert {by_task[r["task_id"]] for r in rl} <= {"mbpp", "apps"} and rl
+
+
+def test_apps_and_codecontests_evaluate_like_the_four(three_sources):
+    _, _, _, summary = three_sources
+    results = summary["results"]["base"]
+    assert set(results) == {"apps", "codecontests"}
+    for result in results.values():
+        assert result["tasks"] == 2 and result["samples"] == 4 and "pass@1" in result["init"]
+        assert set(result["by_round"]) >= {"refine", "expl_refine", "resample"}

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from sdlib.data.datafiles import FILES
+from sdlib.runs.layout import DONE as DONE_NAME
 from sdlib.runs.manifest import read_manifest, update_manifest, update_stage
 from sdlib.runs.params import STAGES, ParamsError, parse
 from sdlib.workbench import runner
@@ -171,6 +172,10 @@ def test_runs_in_order_skips_redoes_and_forces(tmp_path, data_dir, capsys):
     result = runner.run(params, stages="collect", force=True, **go)
     assert statuses(result) == {"collect": "done"}
     assert executions(run_dir)[6:] == ["collect"]
+    # a stage redone from scratch keeps its earlier outputs beside it, and never resumes them
+    (aside,) = run_dir.glob("collect.replaced-*")
+    assert (aside / "result.json").is_file() and (aside / DONE_NAME).is_file()
+    assert len(list(run_dir.glob("filter.replaced-*"))) == 1  # params changed in step 4
     assert read_manifest(run_dir)["stages"]["collect"]["status"] == "done"
 
 

@@ -166,7 +166,7 @@ def apps_problem(row: dict[str, Any], split: str) -> Problem | None:
         )
     question = row.get("question") or ""
     return Problem(
-        task_id=str(row["problem_id"]),
+        task_id=f"apps/{row['problem_id']}",  # unique beside MBPP's numeric ids
         benchmark="apps",
         split=split,  # type: ignore[arg-type]
         text=question.strip(),

@@ -94,7 +94,8 @@ def build_default_model(params: RunParams, sandbox: Sandbox, out_root: Path | No
     )
     corpus = benchmarks.load("mbpp", directory=params.data_directory())
     texts = [f"{p.text}\n{p.reference}" for p in corpus if p.split in ("train", "validation")]
-    problems = training_problems(params)[: tiny.n_problems]
+    # warm-started on function problems (its mutants need an entry point to break)
+    problems = [p for p in training_problems(params) if not p.stdio][: tiny.n_problems]
     pairs = warm_start_pairs(problems, sandbox)
     out_root = out_root or params.run_dir().parent / "_models"
     out_dir = out_root / f"tiny-{config.hash(str(len(pairs)))}"

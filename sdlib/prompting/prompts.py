@@ -227,8 +227,9 @@ def format_answer(code: str, explanation: str = "") -> str:
 
 
 def _examples(problem: Problem, few_shot: Sequence[Problem]) -> list[Problem]:
-    # A problem must never be its own example (MBPP's prompt split could be evaluated too).
-    return [p for p in few_shot if p.key != problem.key]
+    # A problem must never be its own example (MBPP's prompt split could be evaluated too),
+    # and examples are of its kind: a stdin/stdout program for a stdin/stdout task.
+    return [p for p in few_shot if p.key != problem.key and p.stdio == problem.stdio]
 
 
 def initial_messages(problem: Problem, few_shot: Sequence[Problem] = ()) -> list[Message]:

@@ -19,7 +19,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdlib.data import benchmarks
+from sdlib.data import benchmarks, competitive
 from sdlib.execution.problems import Problem
 from sdlib.execution.sandbox import Sandbox
 from sdlib.runs.layout import RunLayout
@@ -31,24 +31,57 @@ TINY_MODEL_NOTE = (
 )
 
 
+STDIO_FEW_SHOT_SOURCE = "codecontests"  # where stdin/stdout few-shot examples come from
+
+
 def training_problems(params: RunParams) -> list[Problem]:
-    """The collection problems: MBPP train (601-974), minus those MBPP+ evaluates on."""
-    problems = benchmarks.load("mbpp", split="train", directory=params.data_directory())
-    if params.collect.exclude_eval_overlap:
-        plus_ids = {t.split("/")[-1] for t in benchmarks.task_ids("mbpp+", params.data_directory())}
-        problems = [p for p in problems if p.task_id not in plus_ids]
-    if params.collect.n_problems is not None:
-        problems = problems[: params.collect.n_problems]
-    return problems
+    """The collection problems of every ``collect.sources`` entry, in that order: MBPP train
+    (601-974) minus those MBPP+ evaluates on, APPS and CodeContests train splits (minus the
+    problems shown as few-shot examples)."""
+    out: list[Problem] = []
+    shown = {p.key for p in few_shot_problems(params)}
+    for source in params.collect.sources:
+        out.extend(p for p in _source_problems(params, source) if p.key not in shown)
+    return out
+
+
+def _source_problems(params: RunParams, source) -> list[Problem]:
+    directory = params.data_directory()
+    n = source.n_problems if source.n_problems is not None else params.collect.n_problems
+    if source.name == "mbpp":
+        problems = benchmarks.load("mbpp", split=source.split, directory=directory)
+        if params.collect.exclude_eval_overlap:
+            plus_ids = {t.split("/")[-1] for t in benchmarks.task_ids("mbpp+", directory)}
+            problems = [p for p in problems if p.task_id not in plus_ids]
+    else:
+        few = params.collect.few_shot if source.name == STDIO_FEW_SHOT_SOURCE else 0
+        limit = None if n is None else n + few
+        problems = competitive.load(
+            source.name, source.split, source.difficulty, directory, limit=limit
+        )
+        problems = problems[few:] if source.name == STDIO_FEW_SHOT_SOURCE else problems
+    return problems if n is None else problems[:n]
 
 
 def few_shot_problems(params: RunParams) -> list[Problem]:
-    """MBPP's prompt split (task ids 1-10) provides the few-shot examples."""
-    if params.collect.few_shot <= 0:
+    """The few-shot examples of a base model's prompts, of each kind: MBPP's prompt split
+    (task ids 1-10) for function problems and, when a source is stdin/stdout, the first
+    CodeContests train problems (never collected) for those (``prompts`` picks by kind)."""
+    k = params.collect.few_shot
+    if k <= 0:
         return []
-    return benchmarks.load("mbpp", split="prompt", directory=params.data_directory())[
-        : params.collect.few_shot
-    ]
+    shots = benchmarks.load("mbpp", split="prompt", directory=params.data_directory())[:k]
+    stdio_used = any(s.name != "mbpp" for s in params.collect.sources) or any(
+        b in competitive.SOURCES for b in params.eval.benchmarks
+    )
+    if stdio_used:
+        try:
+            shots += competitive.load(
+                STDIO_FEW_SHOT_SOURCE, "train", directory=params.data_directory(), limit=k
+            )[:k]
+        except FileNotFoundError:
+            pass  # no CodeContests copy: stdio prompts are zero-shot
+    return shots
 
 
 def record_sandbox(run_dir: str | os.PathLike[str], sandbox: Sandbox) -> None:

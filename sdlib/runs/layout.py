@@ -53,6 +53,10 @@ class RunLayout:
     def done(self, stage: str) -> Path:
         return self.stage(stage) / DONE
 
+    def replaced(self, stage: str, stamp: str) -> Path:
+        """Where a stage's earlier outputs go when it is redone from scratch (nothing lost)."""
+        return self.root / f"{self.stage(stage).name}.replaced-{stamp}"
+
     # -- the run's record
     @property
     def manifest(self) -> Path:

@@ -96,9 +96,22 @@ class SandboxParams(Strict):
         return self
 
 
+SourceName = Literal["mbpp", "apps", "codecontests"]
+
+
+class SourceSpec(Strict):
+    """One source of training problems (method §1: MBPP, APPS and CodeContests train)."""
+
+    name: SourceName
+    n_problems: int | None = None  # None = collect.n_problems (MBPP) or the whole split
+    difficulty: str | None = None  # APPS: introductory | interview | competition; CC: rating
+    split: str = "train"  # the training split: problems evaluated on are never collected
+
+
 class CollectParams(Strict):
-    source: Literal["mbpp"] = "mbpp"  # training problems (MBPP train split, task ids 601-974)
-    n_problems: int | None = 24  # None = the whole split
+    # Training problems, per source; MBPP is its train split (task ids 601-974).
+    sources: list[SourceSpec] = Field(default_factory=lambda: [SourceSpec(name="mbpp")])
+    n_problems: int | None = 24  # MBPP's (and any source's without its own); None = all
     exclude_eval_overlap: bool = True  # drop training problems that MBPP+ evaluates on
     few_shot: int = 3
     samples_per_problem: int = 20
@@ -114,6 +127,8 @@ class CollectParams(Strict):
 
 class FilterParams(Strict):
     include_initial_correct: bool = True  # SFT: correct initial solutions as code generation
+    # The RL set's sources (the paper: MBPP + APPS); the SFT set mixes every source.
+    rl_sources: list[SourceName] = Field(default_factory=lambda: ["mbpp", "apps"])
 
 
 class SFTParams(Strict):
@@ -250,9 +265,11 @@ class NamedModel(ModelSpec):
 
 
 class EvalParams(Strict):
-    benchmarks: list[Literal["mbpp", "humaneval", "mbpp+", "humaneval+"]] = Field(
-        default_factory=lambda: ["mbpp", "humaneval", "mbpp+", "humaneval+"]
+    # The paper's four, and beyond it APPS test and CodeContests test (stdin/stdout).
+    benchmarks: list[Literal["mbpp", "humaneval", "mbpp+", "humaneval+", "apps", "codecontests"]] = (
+        Field(default_factory=lambda: ["mbpp", "humaneval", "mbpp+", "humaneval+"])
     )
+    apps_difficulty: str | None = None  # APPS test: one level (introductory, ...) or all
     n_problems: int | None = None  # None = all tasks
     samples_per_task: int = 100
     temperature: float = 0.8

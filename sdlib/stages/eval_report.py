@@ -35,6 +35,8 @@ BENCHMARK_NAMES = {
     "humaneval": "HumanEval",
     "mbpp+": "MBPP+",
     "humaneval+": "HumanEval+",
+    "apps": "APPS",
+    "codecontests": "CodeContests",
 }
 STAGE_NAMES = {"base": "Prompt", "sft": "SFT", "rl": "RL"}
 

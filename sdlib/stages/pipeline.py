@@ -97,8 +97,14 @@ def run_filter(params: RunParams, run_dir: str | Path, progress: bool = True) ->
     sft = trajectories.sft_records(
         initial, judged, problems, params.filter.include_initial_correct, ctx.few_shot_problems()
     )
-    rl = trajectories.rl_records(initial, judged)
-    table = trajectories.dataset_table(initial, judged, params.collect.source)
+    benchmark_of = {task: problem.benchmark for task, problem in problems.items()}
+    rl_sources = set(params.filter.rl_sources)
+    rl = [
+        r
+        for r in trajectories.rl_records(initial, judged)
+        if benchmark_of.get(r["task_id"]) in rl_sources
+    ]
+    table = trajectories.source_tables(initial, judged, benchmark_of)
     table.update(ctx.note())
     table["seconds"] = round(seconds, 2)
     table["records_per_second"] = round(len(judged) / max(seconds, 1e-9), 1)

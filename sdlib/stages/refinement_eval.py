@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdlib.data import benchmarks
+from sdlib.data import benchmarks, competitive
 from sdlib.data.jsonl import write_jsonl
 from sdlib.data.resumable import ResumableLog
 from sdlib.execution.problems import Problem
@@ -80,6 +80,10 @@ def eval_problems(params: RunParams, benchmark: str) -> list[Problem]:
     split = "test" if benchmark == "mbpp" else None
     directory = params.data_directory()
     n = params.eval.n_problems
+    if benchmark in competitive.SOURCES:  # APPS test, CodeContests test: stdin/stdout
+        level = params.eval.apps_difficulty if benchmark == "apps" else None
+        problems = benchmarks.load(benchmark, "test", directory, difficulty=level)
+        return problems if n is None else problems[:n]
     if n is None:
         return benchmarks.load(benchmark, split=split, directory=directory)
     if benchmark == "mbpp":

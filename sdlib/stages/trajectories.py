@@ -189,6 +189,28 @@ def dataset_table(
     }
 
 
+# Method §1: the share of wrong solutions refined correctly, per source (GPT-3.5 teacher).
+PAPER_RATES = {"mbpp": 0.4595, "apps": 0.3921, "codecontests": 0.2607}
+
+
+def source_tables(
+    initial: list[dict[str, Any]], judged: list[dict[str, Any]], benchmark_of: dict[str, str]
+) -> dict[str, Any]:
+    """The dataset table over all sources (``dataset_table``'s fields, source "all" when
+    there are several) and ``by_source``: one table per source with the paper's rate beside
+    ours (``paper_rate``, where the paper gives one)."""
+    names = sorted({benchmark_of.get(r["task_id"], "unknown") for r in initial})
+    by_source = {}
+    for name in names:
+        mine = [r for r in initial if benchmark_of.get(r["task_id"], "unknown") == name]
+        tasks = {r["task_id"] for r in mine}
+        part = dataset_table(mine, [r for r in judged if r["task_id"] in tasks], name)
+        part["paper_rate"] = PAPER_RATES.get(name)
+        by_source[name] = part
+    overall = dataset_table(initial, judged, names[0] if len(names) == 1 else "all")
+    return {**overall, "by_source": by_source}
+
+
 def outcome_counts(records: Sequence[dict[str, Any]]) -> Counter:
     return Counter(r["verdict"]["status"] for r in records)
 

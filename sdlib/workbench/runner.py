@@ -436,7 +436,17 @@ def _execute(
             result.stages.append(StageResult(stage, "skipped", reason, notebook=out_nb))
             continue
         stage_dir = RunLayout(run_dir).stage(stage)
-        (stage_dir / DONE).unlink(missing_ok=True)
+        if (stage_dir / DONE).is_file():
+            # Forced, or its params changed: start afresh, or the stage's crash-safe logs
+            # would resume from records made under the old params (or an upstream model that
+            # has since been retrained). The old outputs are kept beside it.
+            stamp, n = time.strftime("%Y%m%dT%H%M%S"), 1
+            aside = RunLayout(run_dir).replaced(stage, stamp)
+            while aside.exists():
+                n += 1
+                aside = RunLayout(run_dir).replaced(stage, f"{stamp}-{n}")
+            stage_dir.rename(aside)
+            print(f"{head}: earlier outputs moved to {aside}", flush=True)
         stage_dir.mkdir(exist_ok=True)
         started = now()
         update_stage(run_dir, stage, status="running", started=started, git_commit=commit)
