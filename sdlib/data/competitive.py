@@ -37,11 +37,15 @@ from sdlib.execution.stdio import several_answers
 
 SOURCES = {
     "apps": {
+        "repo": "codeparrot/apps",
+        "files": "{split}.jsonl",
         "splits": ("train", "test"),
         "hub": "codeparrot/apps (https://huggingface.co/datasets/codeparrot/apps: the "
         "train.jsonl/test.jsonl files, or the refs/convert/parquet branch)",
     },
     "codecontests": {
+        "repo": "deepmind/code_contests",
+        "files": "data/{split}-*.parquet",
         "splits": ("train", "valid", "test"),
         "hub": "deepmind/code_contests (https://huggingface.co/datasets/deepmind/code_contests"
         ": data/<split>-*.parquet)",
@@ -86,12 +90,38 @@ def source_files(name: str, split: str, directory: str | os.PathLike[str] | None
             return path
         if path.is_file():
             return path.parent if path.suffix == ".parquet" else path
+    fetched = _download(name, split, folder)
+    if fetched is None:
+        return source_files(name, split, directory)
     raise DataFileMissing(
-        f"{name} split {split!r} is missing: looked in {folder} for {split}.jsonl, "
+        f"{name} split {split!r} is missing and could not be downloaded ({fetched}): "
+        f"looked in {folder} for {split}.jsonl, "
         f"{split}*.parquet or a save_to_disk folder {split}/. It comes from "
         f"{SOURCES[name]['hub']}; download it where the hub is reachable and copy it there "
         "(or set SDLIB_DATA_DIR to the folder that holds it)."
     )
+
+
+def _download(name: str, split: str, folder: Path) -> str | None:
+    """Fetch a split from the hub into ``folder`` (None: done), or say why not."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return "HF_HUB_OFFLINE=1"
+    try:
+        from huggingface_hub import snapshot_download
+
+        pattern = SOURCES[name]["files"].format(split=split)
+        snapshot_download(
+            SOURCES[name]["repo"], repo_type="dataset", allow_patterns=[pattern],
+            local_dir=str(folder),
+        )  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - offline, no huggingface_hub, no access: say so
+        return f"{type(exc).__name__}: {str(exc)[:200]}"
+    nested = folder / "data"  # the hub's layout: move the parquet shards up
+    if nested.is_dir():
+        for shard in nested.glob(f"{split}-*.parquet"):
+            shard.rename(folder / shard.name)
+    found = list(folder.glob(f"{split}*.parquet")) + list(folder.glob(f"{split}.jsonl"))
+    return None if found else "the download held no such file"
 
 
 def read_rows(path: Path, split: str) -> list[dict[str, Any]]:

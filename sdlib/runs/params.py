@@ -266,9 +266,9 @@ class NamedModel(ModelSpec):
 
 class EvalParams(Strict):
     # The paper's four, and beyond it APPS test and CodeContests test (stdin/stdout).
-    benchmarks: list[Literal["mbpp", "humaneval", "mbpp+", "humaneval+", "apps", "codecontests"]] = (
-        Field(default_factory=lambda: ["mbpp", "humaneval", "mbpp+", "humaneval+"])
-    )
+    benchmarks: list[
+        Literal["mbpp", "humaneval", "mbpp+", "humaneval+", "apps", "codecontests"]
+    ] = Field(default_factory=lambda: ["mbpp", "humaneval", "mbpp+", "humaneval+"])
     apps_difficulty: str | None = None  # APPS test: one level (introductory, ...) or all
     n_problems: int | None = None  # None = all tasks
     samples_per_task: int = 100
