@@ -9,7 +9,7 @@ SDLIB_DATA_DIR ?= $(if $(wildcard ../shared/data/mbpp.jsonl),$(abspath ../shared
 export SDLIB_DATA_DIR
 PARAMS ?= params/smoke.yaml
 
-.PHONY: demo test lint format bench rate clean-venv
+.PHONY: demo test browser lint format bench rate clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,9 +22,18 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(VENV)/bin/sdlib run $(PARAMS)
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed browser
 	$(VENV)/bin/ruff check sdlib tests benchmarks notebooks
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# Headless Chromium for tests/test_browser.py (Debian packages), installed when missing.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		echo "installing chromium and chromium-driver (the raters' page test drives a real browser)"; \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	fi
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check sdlib tests benchmarks notebooks

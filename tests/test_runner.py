@@ -180,7 +180,11 @@ def test_runs_in_order_skips_redoes_and_forces(tmp_path, data_dir, capsys):
 
 
 def test_failing_stage_stops_the_run_with_exit_code_1(tmp_path, data_dir):
-    write_notebook(notebook_path(tmp_path, "collect"), STAGE_BODY)
+    write_notebook(
+        notebook_path(tmp_path, "collect"),
+        STAGE_BODY,
+        "from sdlib.runs.notebook import to_terminal\nto_terminal('tiny model: step 1/1')",
+    )
     write_notebook(
         notebook_path(tmp_path, "filter"), STAGE_BODY, 'raise ValueError("filter exploded: 42")'
     )
@@ -191,6 +195,9 @@ def test_failing_stage_stops_the_run_with_exit_code_1(tmp_path, data_dir):
     assert done.returncode == 1, done.stdout + done.stderr
     run_dir = tmp_path / "outputs" / "boom"
     assert "filter: failed after" in done.stdout
+    # the terminal shows what a stage does, and no kernel transport warning
+    assert "    tiny model: step 1/1" in done.stderr
+    assert "without encryption" not in done.stdout + done.stderr
     assert "ValueError: filter exploded: 42" in done.stdout
     assert "In [4]" in done.stdout  # parameters, injected parameters, body, the raise
     assert "last lines of the traceback" in done.stdout

@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from sdlib.runs.notebook import to_terminal
+
 # Bump when the build procedure changes, so that old caches are not reused.
 BUILD_FORMAT = 1
 INFO_FILE = "tiny_model.json"
@@ -197,6 +199,9 @@ def _warm_start(
         sched.step()
         losses.append(round(loss.item(), 5))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        step = len(losses)
+        if step == config.steps or step % max(1, config.steps // 8) == 0:
+            to_terminal(f"tiny model: step {step}/{config.steps}, loss {losses[-1]:.3f}")
     model.eval()
     return losses
 

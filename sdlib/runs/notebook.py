@@ -44,3 +44,20 @@ def open_stage(
         run.mkdir(parents=True, exist_ok=True)
     print(f"run {params.run_name}: {run}")
     return params, run
+
+
+TERMINAL_ENV = "SDLIB_TERMINAL"  # set by ``sdlib run`` for its stage kernels
+
+
+def to_terminal(text: str) -> None:
+    """A progress line for the terminal that runs ``sdlib run`` (a stage kernel's own stderr,
+    which papermill does not capture); nothing elsewhere (JupyterLab shows the cell's bars)."""
+    import os
+    import sys
+
+    if os.environ.get(TERMINAL_ENV) == "1" and sys.__stderr__ is not None:
+        try:
+            sys.__stderr__.write(f"    {text}\n")
+            sys.__stderr__.flush()
+        except (OSError, ValueError):
+            pass

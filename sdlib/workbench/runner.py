@@ -46,6 +46,7 @@ from sdlib.runs.manifest import (
     update_manifest,
     update_stage,
 )
+from sdlib.runs.notebook import TERMINAL_ENV
 from sdlib.runs.params import STAGES, RunParams, load
 
 __all__ = ["run", "RunResult", "StageResult", "RunError", "stage_hashes", "DONE"]
@@ -232,6 +233,22 @@ def _print_error(stage: str, error: dict[str, Any], notebook: Path) -> None:
         for line in error["traceback_tail"]:
             print(f"    {line}", flush=True)
     print(f"  executed notebook: {notebook}", flush=True)
+
+
+def _ipc_kernel_manager():
+    """Kernels over local sockets (not TCP on loopback): no network port, and no "running
+    over TCP without encryption" warning at every stage."""
+    import tempfile
+
+    from jupyter_client.manager import KernelManager
+
+    class IPCKernelManager(KernelManager):
+        def __init__(self, **kwargs):
+            kwargs.setdefault("transport", "ipc")
+            kwargs.setdefault("ip", os.path.join(tempfile.mkdtemp(prefix="sdlib-kernel-"), "k"))
+            super().__init__(**kwargs)
+
+    return IPCKernelManager
 
 
 KERNEL_HASH_SEED = "0"  # PYTHONHASHSEED of every stage kernel, unless the caller set one
@@ -453,7 +470,7 @@ def _execute(
         print(f"{head}: running {notebook_of[stage]} ({reason})", flush=True)
         t0 = time.perf_counter()
         try:
-            with _environment(PYTHONHASHSEED=hash_seed):  # the kernel inherits it
+            with _environment(PYTHONHASHSEED=hash_seed, **{TERMINAL_ENV: "1"}):  # inherited
                 execute_notebook(
                     str(notebook_of[stage]),
                     str(out_nb),
@@ -463,6 +480,7 @@ def _execute(
                         "stage": stage,
                     },
                     kernel_name=kernel,
+                    kernel_manager_class=_ipc_kernel_manager(),
                     cwd=str(project_root),
                     progress_bar=True,
                     log_output=False,
