@@ -259,3 +259,21 @@ def test_missing_stage_model_is_a_clear_error(tmp_path, data_dir):
     params = parse({**PARAMS, "output_dir": str(tmp_path)})
     with pytest.raises(FileNotFoundError, match="run the sft stage first"):
         stage_generator("sft", params, tmp_path / "run")
+
+
+def test_any_split_is_an_eval_set_named_as_such(data_dir):
+    """``<benchmark>:<split>`` evaluates another split; "mbpp:train" is the problems collection
+    trained on, and every table says it was seen in training."""
+    from sdlib.runs.context import training_problems
+    from sdlib.stages.refinement_eval import eval_problems
+
+    params = parse({**PARAMS, "eval": {**PARAMS["eval"], "benchmarks": ["mbpp", "mbpp:train"]}})
+    seen = eval_problems(params, "mbpp:train")
+    assert [p.task_id for p in seen] == [p.task_id for p in training_problems(params)][:3]
+    assert {p.split for p in seen} == {"train"} and eval_problems(params, "mbpp")[0].split == "test"
+    label = eval_report.benchmark_label("mbpp:train")
+    assert label == "MBPP train (seen in training: checks the mechanics, not the method)"
+    assert eval_report.benchmark_label("humaneval+") == "HumanEval+"
+    for bad in ("mbpp:", "gsm8k", "gsm8k:train"):
+        with pytest.raises(ParamsError, match="unknown eval benchmark"):
+            parse({"eval": {"benchmarks": [bad]}})

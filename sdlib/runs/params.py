@@ -265,10 +265,12 @@ class NamedModel(ModelSpec):
 
 
 class EvalParams(Strict):
-    # The paper's four, and beyond it APPS test and CodeContests test (stdin/stdout).
-    benchmarks: list[
-        Literal["mbpp", "humaneval", "mbpp+", "humaneval+", "apps", "codecontests"]
-    ] = Field(default_factory=lambda: ["mbpp", "humaneval", "mbpp+", "humaneval+"])
+    # The paper's four, beyond it APPS test and CodeContests test (stdin/stdout), and any other
+    # split of one as "<benchmark>:<split>" ("mbpp:train": the problems collection trained on,
+    # labelled "seen in training" everywhere: it checks the mechanics, not the method).
+    benchmarks: list[str] = Field(
+        default_factory=lambda: ["mbpp", "humaneval", "mbpp+", "humaneval+"]
+    )
     apps_difficulty: str | None = None  # APPS test: one level (introductory, ...) or all
     n_problems: int | None = None  # None = all tasks
     samples_per_task: int = 100
@@ -282,6 +284,18 @@ class EvalParams(Strict):
     tasks_per_call: int = 8  # tasks whose prompts go to the model together (one batch)
     # "base", "sft", "rl" (this run's stages), "teacher", or a NamedModel (any HF model/endpoint)
     models: list[str | NamedModel] = Field(default_factory=lambda: ["base", "sft", "rl"])
+
+    @model_validator(mode="after")
+    def _benchmarks(self) -> EvalParams:
+        known = ("mbpp", "humaneval", "mbpp+", "humaneval+", "apps", "codecontests")
+        for entry in self.benchmarks:
+            name, _, split = entry.partition(":")
+            if name not in known or (":" in entry and not split):
+                raise ValueError(
+                    f"unknown eval benchmark {entry!r}: use one of {', '.join(known)}, or "
+                    "'<benchmark>:<split>' for another split of one (e.g. 'mbpp:train')"
+                )
+        return self
 
     @model_validator(mode="after")
     def _names(self) -> EvalParams:

@@ -78,7 +78,9 @@ def pass_by_round(summary: Mapping, save: Path | None = None):
                     color=colours[index % len(colours)],
                     label=f"{model} · {setting}",
                 )
-        ax.set_title(benchmark)
+        name, _, split = benchmark.partition(":")
+        seen = split == "train"
+        ax.set_title(f"{name} {split}\n(seen in training)" if seen else benchmark, fontsize=9)
         ax.set_xlabel("round (model calls per sample − 1)")
         ax.set_ylabel("pass@1 (%)")
         ax.set_xticks(range(summary["rounds"] + 1))

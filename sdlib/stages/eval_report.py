@@ -39,6 +39,18 @@ BENCHMARK_NAMES = {
     "codecontests": "CodeContests",
 }
 STAGE_NAMES = {"base": "Prompt", "sft": "SFT", "rl": "RL"}
+SEEN = "seen in training: checks the mechanics, not the method"
+
+
+def benchmark_label(entry: str) -> str:
+    """How tables and plots name an eval set: "MBPP", or "MBPP train (seen in training: ...)"
+    for another split, so it is never mistaken for a benchmark score."""
+    name, _, split = entry.partition(":")
+    label = BENCHMARK_NAMES.get(name, name)
+    if not split:
+        return label
+    return f"{label} {split} ({SEEN})" if split == "train" else f"{label} {split}"
+
 
 # method.md, the paper's Table 2 for CodeLlama-7B: pass@1, pass@10 in percent.
 PAPER_TABLE2 = {
@@ -207,7 +219,7 @@ def table2_markdown(summary: dict[str, Any]) -> str:
     """The paper's Table 2 shape: model (stage) × setting rows, benchmark columns of
     pass@1 / pass@10 (percent), with the paper's rows beside ours when the model matches."""
     benchmarks = summary["benchmarks"]
-    head = "| model | setting | " + " | ".join(BENCHMARK_NAMES.get(b, b) for b in benchmarks)
+    head = "| model | setting | " + " | ".join(benchmark_label(b) for b in benchmarks)
     lines = [head + " |", "|---|---|" + "---|" * len(benchmarks)]
     paper = (summary.get("paper") or {}).get("table2", {})
     for model, per_benchmark in summary["results"].items():
@@ -242,11 +254,7 @@ def refinement_rate_markdown(summary: dict[str, Any]) -> str:
     for model, per_benchmark in summary["results"].items():
         for benchmark, result in per_benchmark.items():
             rates = [f"{100 * result['refinement_rate'].get(s, 0.0):.2f}%" for s in settings]
-            lines.append(
-                f"| {model} | {BENCHMARK_NAMES.get(benchmark, benchmark)} | "
-                + " | ".join(rates)
-                + " |"
-            )
+            lines.append(f"| {model} | {benchmark_label(benchmark)} | " + " | ".join(rates) + " |")
     return "\n".join(lines)
 
 

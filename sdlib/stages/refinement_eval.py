@@ -57,7 +57,7 @@ from sdlib.generation.generator import (
 )
 from sdlib.prompting import prompts
 from sdlib.prompting.answers import no_code_verdict, read_answer
-from sdlib.runs.context import StageContext
+from sdlib.runs.context import StageContext, training_problems
 from sdlib.runs.layout import RunLayout
 from sdlib.runs.params import NamedModel, RunParams
 from sdlib.stages.eval_report import (
@@ -77,12 +77,17 @@ def eval_dir(run_dir: str | Path) -> Path:
 def eval_problems(params: RunParams, benchmark: str) -> list[Problem]:
     """The benchmark's evaluation tasks (MBPP: the test split, task ids 11-510), the first
     ``eval.n_problems`` of them when set."""
-    split = "test" if benchmark == "mbpp" else None
+    benchmark, _, other_split = benchmark.partition(":")
+    split = other_split or ("test" if benchmark == "mbpp" else None)
     directory = params.data_directory()
     n = params.eval.n_problems
+    if other_split == "train" and benchmark == "mbpp":
+        # the problems collection trained on (and the tiny model was warm-started on), in order
+        seen = [p for p in training_problems(params) if p.benchmark == "mbpp"]
+        return seen if n is None else seen[:n]
     if benchmark in competitive.SOURCES:  # APPS test, CodeContests test: stdin/stdout
         level = params.eval.apps_difficulty if benchmark == "apps" else None
-        problems = benchmarks.load(benchmark, "test", directory, difficulty=level)
+        problems = benchmarks.load(benchmark, other_split or "test", directory, difficulty=level)
         return problems if n is None else problems[:n]
     if n is None:
         return benchmarks.load(benchmark, split=split, directory=directory)
