@@ -234,15 +234,16 @@ def _is_floats(x) -> bool:
     return False
 
 
-def _allclose(out, exp, atol: float, rtol: float = 1e-07) -> bool:
-    """numpy.allclose for the scalars and flat sequences EvalPlus compares with it."""
+def allclose(out, exp, atol: float, rtol: float = 1e-07) -> bool:
+    """numpy.allclose for the scalars and flat sequences EvalPlus compares with it (and the
+    number tokens of stdio outputs, which it parses the same way)."""
     outs = list(out) if isinstance(out, (list, tuple)) else [out]
     exps = list(exp) if isinstance(exp, (list, tuple)) else [exp]
     if len(outs) != len(exps):
         return False
     for a, b in zip(outs, exps):
         if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
-            if not _allclose(a, b, atol, rtol):
+            if not allclose(a, b, atol, rtol):
                 return False
             continue
         try:
@@ -292,7 +293,7 @@ def call_matches(out, exp, inputs, oracle: str, atol_state: list) -> bool:
             return False
         if isinstance(exp, (list, tuple)) and len(out) != len(exp):
             return False
-        return _allclose(out, exp, atol_state[0])
+        return allclose(out, exp, atol_state[0])
     return bool(exact)
 
 

@@ -10,6 +10,7 @@ then given a ``sandbox_error`` verdict: every sample always gets a verdict.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import queue
@@ -435,16 +436,22 @@ class Sandbox:
         self, worker: _Worker, plan: harness.Plan, program: str, mode: str, timeout: float,
         calls: list[str] | slice | None,
     ) -> dict:  # fmt: skip
+        reply = self._retried(worker, lambda: worker.run(plan, program, mode, timeout, calls))
+        return reply if "end" in reply else {"end": reply["error_end"], "results": []}
+
+    def _retried(self, worker: _Worker, send: Callable[[], dict | None]) -> dict:
+        """A job's reply; a worker that died, hung or refused is replaced and asked once
+        more. Two failures give ``{"error_end": ...}``: a ``setup_failed`` ending."""
+        reply = None
         for _attempt in range(2):
-            reply = worker.run(plan, program, mode, timeout, calls)
+            reply = send()
             if reply is not None and "end" in reply:
                 return reply
-            # The worker died, hung or refused: replace it and try once more.
             worker.stop()
             self.restarts += 1
             worker.start()
         detail = (reply or {}).get("error", "the sandbox worker died twice on this program")
-        return {"end": {"end": "setup_failed", "msg": detail}, "results": []}
+        return {"error_end": {"end": "setup_failed", "msg": detail}}
 
     def _execute(
         self,
@@ -534,17 +541,12 @@ class Sandbox:
                 expected = test.expected if isinstance(test.expected, str) else ""
                 max_output = 2 * len(expected.encode("utf-8", "replace")) + 4096
                 stdin = test.inputs[0] if test.inputs else ""
-                reply = None
-                for _attempt in range(2):
-                    reply = worker.run_stdio(program, stdin, limit, memory, max_output)
-                    if reply is not None and "end" in reply:
-                        break
-                    worker.stop()
-                    self.restarts += 1
-                    worker.start()
-                    reply = None
-                if reply is None:
-                    reply = {"end": {"end": "setup_failed", "msg": "the sandbox worker died twice"}}
+                send = functools.partial(
+                    worker.run_stdio, program, stdin, limit, memory, max_output
+                )
+                reply = self._retried(worker, send)
+                if "end" not in reply:
+                    reply = {"end": reply["error_end"]}
                 runs.append(reply)
                 end = reply["end"].get("end")
                 ok_end = end == "done" or (end == "exit" and reply["end"].get("code") == 0)

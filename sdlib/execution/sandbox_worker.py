@@ -565,7 +565,6 @@ class Zygote:
         of the job killed) at most ``max_output`` bytes of what it wrote to stdout."""
         if _type(job.get("stdin")) is not str or _type(job.get("program")) is not str:
             return {"error": "a stdio job needs a program and a stdin text"}
-        job["mode"] = "check"
         nonce = secrets.token_hex(16)
         self._prepare_dirs()
         read_fd, write_fd = os.pipe()

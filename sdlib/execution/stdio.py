@@ -19,11 +19,11 @@ verdict (``extra["uncheckable"]``) so it is never silently counted as the model'
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from typing import Any
 
+from sdlib.execution.harness import allclose
 from sdlib.execution.problems import Problem, TestCase
 from sdlib.execution.verdict import FEEDBACK_LIMIT
 
@@ -49,14 +49,6 @@ def _lines(text: str) -> list[str]:
     return lines
 
 
-def _number(token: str) -> float | None:
-    try:
-        value = float(token)
-    except (ValueError, OverflowError):
-        return None
-    return value if not math.isnan(value) else None
-
-
 def outputs_match(actual: str, expected: str) -> bool:
     """APPS's rules (module docstring): text, then tokens, then numbers within tolerance."""
     if _lines(actual) == _lines(expected):
@@ -66,18 +58,7 @@ def outputs_match(actual: str, expected: str) -> bool:
         return True
     if len(got) != len(want):
         return False
-    for a, b in zip(got, want):
-        if a == b:
-            continue
-        x, y = _number(a), _number(b)
-        if x is None or y is None:
-            return False
-        if math.isinf(x) or math.isinf(y):
-            if x != y:
-                return False
-        elif not abs(x - y) <= ATOL + RTOL * abs(y):
-            return False
-    return True
+    return all(a == b or allclose(a, b, ATOL, RTOL) for a, b in zip(got, want))
 
 
 def _shown(text: str, limit: int = SHOWN) -> str:

@@ -180,8 +180,13 @@ def signature(problem: Problem) -> str:
     """The problem's code prompt when it is one (HumanEval: imports, ``def``, docstring), else
     "" (MBPP's docstring-only prompt is task text, not a signature)."""
     prompt = clean_block(problem.prompt)
-    ep = re.escape(problem.entry_point)
-    return prompt if re.search(rf"^\s*(?:async\s+)?def\s+{ep}\s*\(", prompt, re.M) else ""
+    return prompt if _definition(problem.entry_point, prompt) else ""
+
+
+def _definition(entry_point: str, code: str, indented: bool = True) -> re.Match | None:
+    """Where ``code`` defines the function ``entry_point`` (``indented``: a method counts)."""
+    indent = r"\s*" if indented else ""
+    return re.search(rf"^{indent}(?:async\s+)?def\s+{re.escape(entry_point)}\s*\(", code, re.M)
 
 
 def task_description(problem: Problem) -> str:
@@ -395,10 +400,9 @@ def assemble_program(problem: Problem, code: str) -> str:
 def _assembled(problem: Problem, code: str) -> str:
     if not problem.prompt.strip() or not problem.entry_point:
         return code
-    ep = re.escape(problem.entry_point)
-    if not re.search(rf"^\s*(?:async\s+)?def\s+{ep}\s*\(", code, re.M):
+    if not _definition(problem.entry_point, code):
         return problem.program_from_completion(code)
-    head = re.search(rf"^(?:async\s+)?def\s+{ep}\s*\(", problem.prompt, re.M)
+    head = _definition(problem.entry_point, problem.prompt, indented=False)
     prefix = problem.prompt[: head.start()].strip("\n") if head else ""
     if not prefix.strip() or prefix.strip() in code:
         return code

@@ -130,6 +130,15 @@ class RLRun:
         stop = [] if prompts._has_chat_template(chat_tokenizer) else list(prompts.STOP_PLAIN_CHAT)
         return chat_tokenizer, stop
 
+    def learning_rates(self, start: str) -> dict[str, Any]:
+        """The rates for where the policy starts (``learning_rates``), in the manifest too."""
+        rates = learning_rates(self.ctx.params.rl, start)
+        if self.main:
+            from sdlib.runs.manifest import update_manifest
+
+            update_manifest(self.ctx.run_dir, rl_learning_rates=rates)
+        return rates
+
     def samples_log(self) -> JsonlWriter | None:
         """``rl/samples.jsonl``, started afresh; written by the main process only."""
         if not self.main:

@@ -43,7 +43,6 @@ from typing import Any
 from sdlib.data.jsonl import JsonlWriter
 from sdlib.prompting import prompts
 from sdlib.runs.layout import RunLayout
-from sdlib.runs.manifest import update_manifest
 from sdlib.runs.params import PPOConfig, RunParams
 from sdlib.runs.plots import plot_rewards
 from sdlib.training.policy import (
@@ -51,7 +50,6 @@ from sdlib.training.policy import (
     VALUE_HEAD_FILE,
     _gather,
     _shard,
-    learning_rates,
     load_policy,
     open_rl_run,
 )
@@ -118,9 +116,7 @@ def run_rl(params: RunParams, run_dir: str | Path, progress: bool = True) -> dic
             peft_model, reference_adapter=reference, detach_value=cfg.detach_value
         )
         disable_dropout(model)
-        rates = learning_rates(cfg, start)
-        if main:
-            update_manifest(ctx.run_dir, rl_learning_rates=rates)
+        rates = run.learning_rates(start)
         head = {id(p) for p in model.value_head.parameters()}
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(

@@ -10,10 +10,9 @@ from typing import Any
 
 from sdlib.data.jsonl import write_jsonl
 from sdlib.prompting import prompts
-from sdlib.runs.manifest import update_manifest
 from sdlib.runs.params import RunParams
 from sdlib.runs.plots import plot_rewards
-from sdlib.training.policy import _gather, learning_rates, load_policy, open_rl_run
+from sdlib.training.policy import _gather, load_policy, open_rl_run
 from sdlib.training.rollouts import Rollout
 from sdlib.training.scoring import reward_summary, score_rollouts
 from sdlib.training.sft import trainable_checksum
@@ -66,9 +65,7 @@ def run_trl_baseline(
         sandbox = ctx.sandbox
         peft_model, tokenizer, start = load_policy(base_path, ctx.run_dir, params, device)
         chat_tokenizer, stop = run.chat_layout(tokenizer)
-        rates = learning_rates(cfg, start)
-        if main:
-            update_manifest(ctx.run_dir, rl_learning_rates=rates)
+        rates = run.learning_rates(start)
         dataset = Dataset.from_list(
             [
                 {"prompt": prompts.render_chat(i.messages, chat_tokenizer), "rl_id": i.id}

@@ -237,15 +237,19 @@ def _print_error(stage: str, error: dict[str, Any], notebook: Path) -> None:
 
 def _ipc_kernel_manager():
     """Kernels over local sockets (not TCP on loopback): no network port, and no "running
-    over TCP without encryption" warning at every stage."""
+    over TCP without encryption" warning at every stage. The sockets live in the temp folder
+    (removed when the kernel shuts down), never in the project."""
     import tempfile
+    import uuid
 
     from jupyter_client.manager import KernelManager
 
     class IPCKernelManager(KernelManager):
         def __init__(self, **kwargs):
             kwargs.setdefault("transport", "ipc")
-            kwargs.setdefault("ip", os.path.join(tempfile.mkdtemp(prefix="sdlib-kernel-"), "k"))
+            kwargs.setdefault(
+                "ip", os.path.join(tempfile.gettempdir(), f"sdlib-kernel-{uuid.uuid4().hex}")
+            )
             super().__init__(**kwargs)
 
     return IPCKernelManager
