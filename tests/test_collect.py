@@ -220,3 +220,38 @@ def test_dataset_table_rate_is_over_the_wrong_solutions_refined():
     assert (table["wrong"], table["wrong_refined"], table["correct_refinements"]) == (5, 2, 1)
     assert table["wrong_not_refined"] == {"no_code": 2, "sandbox_error": 1}
     assert table["rate"] == 0.5 and table["rate_of_all_wrong"] == 0.2
+
+
+def test_grouped_calls_resume_to_the_same_records(tmp_path, data_dir):
+    """``problems_per_call`` samples several problems in one call: a run stopped after the
+    first problem of a group redoes the whole group and keeps exactly the same records."""
+    from sdlib.data import benchmarks
+    from sdlib.execution.sandbox import Sandbox, SandboxConfig
+    from sdlib.generation.backends import HFBackend
+    from sdlib.generation.generator import Generator
+    from sdlib.generation.tiny_model import TinyModelConfig, build_tiny_model, tiny_prompt
+    from sdlib.stages.collect import sample_initial
+
+    problems = benchmarks.load("mbpp", split="train", directory=str(data_dir))[:3]
+    texts = [p.text for p in problems] + [p.reference for p in problems]
+    pairs = [
+        (tiny_prompt(p.text, p.visible_tests[0] if p.visible_tests else ""), p.reference)
+        for p in problems
+    ]
+    small = TinyModelConfig(vocab_size=384, hidden=32, intermediate=64, layers=1, heads=2, steps=10)
+    folder = build_tiny_model(texts, pairs, tmp_path / "tiny", small, progress=False, verbose=False)
+    model = Generator(HFBackend(folder, device="cpu", batch_size=8, progress=False), "tiny")
+    kwargs = dict(few_shot=[], n=3, temperature=1.0, max_new_tokens=24, seed=1, progress=False)
+    with Sandbox(SandboxConfig(timeout=5, workers=1)) as sandbox:
+        with ResumableLog(tmp_path / "whole.jsonl") as log:
+            sample_initial(problems, model, sandbox, log, problems_per_call=2, **kwargs)
+            whole = log.records
+        first = [r for r in whole if r["task_id"] == problems[0].task_id]
+        with ResumableLog(tmp_path / "resumed.jsonl") as log:
+            log.commit(problems[0].key, first)  # stopped after the group's first problem
+            sample_initial(problems, model, sandbox, log, problems_per_call=2, **kwargs)
+            resumed = log.records
+    key = lambda r: (r["id"], r["response"], r["verdict"]["status"])  # noqa: E731
+    assert sorted(map(key, resumed)) == sorted(map(key, whole))
+    assert len(resumed) == len({r["id"] for r in resumed})
+    assert {r["task_id"] for r in whole} == {p.task_id for p in problems}

@@ -209,6 +209,7 @@ class HFBackend:
         progress: bool = True,
         attn_implementation: str | None = None,
         refill_every: int | None = 64,
+        prefix_cache: bool = False,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -226,6 +227,7 @@ class HFBackend:
                 model = model.merge_and_unload()
         self._setup(model.to(device), tokenizer, device, batch_size, progress, refill_every)
         self.name = str(model_name_or_path)
+        self.use_prefix_cache(prefix_cache)
 
     @classmethod
     def from_model(
@@ -235,12 +237,21 @@ class HFBackend:
         batch_size: int = 16,
         progress: bool = True,
         refill_every: int | None = 64,
+        prefix_cache: bool = False,
     ) -> HFBackend:
         """Wrap a model already in memory (just trained in a notebook, say)."""
         self = cls.__new__(cls)
         self._setup(model, tokenizer, str(model.device), batch_size, progress, refill_every)
         self.name = getattr(model, "name_or_path", "") or "in-memory"
+        self.use_prefix_cache(prefix_cache)
         return self
+
+    def use_prefix_cache(self, enabled: bool = True) -> None:
+        """Prefill the prompts' shared prefix once and each prompt once for all its rows
+        (``kv_cache``); each batch is then sampled in one ``generate`` call, without refills."""
+        from sdlib.generation.kv_cache import PrefixCache
+
+        self.prefix_cache = PrefixCache(self.model) if enabled else None
 
     def _setup(
         self,
@@ -294,7 +305,8 @@ class HFBackend:
             )
         )
         results: list[list[Completion | None]] = [[None] * copies for _ in ids]
-        step = self.refill_every or params.max_new_tokens
+        cached = self.prefix_cache is not None
+        step = params.max_new_tokens if cached else self.refill_every or params.max_new_tokens
         active: list[_Row] = []
         cuda = [torch.device(self.device)] if self.device.startswith("cuda") else []
         bar = tqdm(total=len(queue), desc="generate", disable=not self.progress or len(queue) < 2)
@@ -342,6 +354,12 @@ class HFBackend:
                 "top_p": params.top_p,
                 "top_k": 0,
             }
+        if self.prefix_cache is not None and not any(r.generated for r in rows):
+            from sdlib.generation.kv_cache import stack_left_padded
+
+            caches = self.prefix_cache.rows([r.prompt for r in rows])
+            if caches is not None:
+                kwargs["cache"] = stack_left_padded(caches, [len(r.prompt) - 1 for r in rows])
         if params.stop:
             starts = [width - len(r.generated) for r in rows]
             kwargs["stopping_criteria"] = StoppingCriteriaList(

@@ -21,7 +21,7 @@ from sdlib.execution.sandbox import Sandbox
 from sdlib.execution.verdict import Verdict
 from sdlib.prompting import prompts
 from sdlib.runs.context import training_problems
-from sdlib.runs.params import RunParams
+from sdlib.runs.params import RunParams, TinyModel
 
 HINTS = {
     "flip_compare": "a comparison is reversed",
@@ -74,11 +74,17 @@ def warm_start_pairs(
     return pairs
 
 
-def build_default_model(params: RunParams, sandbox: Sandbox, out_root: Path | None = None) -> Path:
-    """Build (or reuse, if already built from the same config and data) the tiny model."""
+def build_default_model(
+    params: RunParams,
+    sandbox: Sandbox,
+    out_root: Path | None = None,
+    tiny: TinyModel | None = None,
+) -> Path:
+    """Build (or reuse, if already built from the same config and data) the tiny model of
+    ``tiny`` (default: the run's model's; a tiny teacher beside a real model has its own)."""
     from sdlib.generation.tiny_model import TinyModelConfig, build_tiny_model
 
-    tiny = params.model.tiny
+    tiny = tiny or params.model.tiny
     config = TinyModelConfig(
         seed=params.seed,
         vocab_size=tiny.vocab_size,

@@ -23,7 +23,7 @@ def model_path(spec: ModelSpec, params: RunParams, sandbox: Sandbox | None) -> s
             raise ValueError("building the tiny model needs a sandbox (it executes mutants)")
         from sdlib.generation.default_model import build_default_model
 
-        return str(build_default_model(params, sandbox))
+        return str(build_default_model(params, sandbox, tiny=spec.tiny))
     if not spec.path:
         raise ValueError(f"model kind {spec.kind!r} needs a path")
     from sdlib.generation import gguf
@@ -75,6 +75,7 @@ def make_generator(
             dtype=spec.dtype,
             batch_size=spec.batch_size,
             progress=progress,
+            prefix_cache=spec.prefix_cache,
         )
         tokenizer = backend.tokenizer if spec.chat else None
     name = f"{spec.kind}:{Path(path).name}" + (f"+{Path(adapter).name}" if adapter else "")

@@ -133,7 +133,9 @@ PLAIN_TURN = "### {role}:\n{content}"
 PLAIN_SEPARATOR = "\n\n"
 PLAIN_GENERATION_PROMPT = "### Assistant:\n"
 PLAIN_ROLES: dict[str, str] = {"system": "System", "user": "User", "assistant": "Assistant"}
-STOP_PLAIN_CHAT: tuple[str, ...] = ("\n### User:", "\n### System:")
+# A base model continues the layout: a new header of any role ends its turn (Gemma 3 270M
+# wrote "### Assistant:" after its code and went on to max_new_tokens).
+STOP_PLAIN_CHAT: tuple[str, ...] = ("\n### User:", "\n### System:", "\n### Assistant:")
 
 TEMPLATES: dict[str, str] = {
     "task_text": TASK_TEXT,

@@ -51,6 +51,9 @@ class ModelSpec(Strict):
     chat: bool = False  # prompt with the tokenizer's chat template instead of few-shot
     dtype: str = "auto"
     batch_size: int = 16
+    # hf: prefill the prompts' shared few-shot prefix once and each prompt once for its n
+    # samples (sdlib.generation.kv_cache); 1.9x the new tokens/s of Gemma 3 270M on 2 CPU cores
+    prefix_cache: bool = False
     concurrency: int = 8  # openai: requests in flight
     tiny: TinyModel = Field(default_factory=TinyModel)
 
@@ -117,6 +120,9 @@ class CollectParams(Strict):
     exclude_eval_overlap: bool = True  # drop training problems that MBPP+ evaluates on
     few_shot: int = 3
     samples_per_problem: int = 20
+    # problems sampled in one call (one batch: more rows per step on a CPU); committed, and
+    # seeded, per group of this many, so a resumed run samples the same text
+    problems_per_call: int = Field(default=1, ge=1)
     temperature: float = 1.0
     max_new_tokens: int = 256
     refinements_per_wrong: int = 10

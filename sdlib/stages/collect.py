@@ -38,6 +38,7 @@ from sdlib.generation.generator import (
 from sdlib.prompting import prompts
 from sdlib.prompting.answers import judge_programs, read_answer
 from sdlib.runs.layout import RunLayout
+from sdlib.runs.notebook import to_terminal
 
 WRONG_BATCH = 8  # wrong solutions whose refinements are generated together
 # Wrong answers never sent for refinement: no code to put in the history, or not judged.
@@ -55,56 +56,86 @@ def sample_initial(
     max_new_tokens: int,
     seed: int,
     progress: bool = True,
+    problems_per_call: int = 1,
 ) -> None:
-    """Sample, deduplicate and execute initial solutions, one problem per committed unit."""
+    """Sample, deduplicate and execute initial solutions, one problem per committed unit.
+
+    ``problems_per_call`` problems share one call (and its seed, that of the group's first
+    problem); a group with any problem not yet committed is sampled again as a whole, so a
+    resumed run gets exactly the text an uninterrupted one would have."""
     from tqdm.auto import tqdm
 
-    todo = [p for p in problems if p.key not in log.done]
-    for problem in tqdm(todo, desc="initial solutions", unit="problem", disable=not progress):
+    groups = [
+        problems[i : i + problems_per_call] for i in range(0, len(problems), problems_per_call)
+    ]
+    todo = [g for g in groups if any(p.key not in log.done for p in g)]
+    bar = tqdm(
+        total=sum(len(g) for g in todo),
+        desc="initial solutions",
+        unit="problem",
+        disable=not progress,
+    )
+    for group in todo:
         params = SamplingParams(
             n=n,
             temperature=temperature,
             max_new_tokens=max_new_tokens,
             stop=initial_stop(model),
-            seed=seed_for(seed, problem.key),
+            seed=seed_for(seed, group[0].key),
         )
-        request = initial_request(problem, few_shot, model)
-        prompt = request[1]
-        completions = complete(model, [request], params)[0]
-        unique: dict[str, dict[str, Any]] = {}
-        for index, completion in enumerate(completions):
-            answer = read_answer(problem, completion.text)
-            program = answer.program
-            key = program if program is not None else "\0" + completion.text.strip()
-            if key in unique:
-                unique[key]["duplicates"] += 1
-                continue
-            unique[key] = {
-                "id": f"{problem.key}/s{index}",
-                "kind": "initial",
-                "task_id": problem.task_id,
-                "benchmark": problem.benchmark,
-                "prompt": prompt,
-                "response": completion.text,
-                "explanation": answer.explanation,
-                "code": answer.code,
-                "program": program,
-                "parse_reason": answer.parse_reason,
-                "duplicates": 0,
-                "finish_reason": completion.finish_reason,
-                "completion_tokens": completion.completion_tokens,
-                "model": model.name,
-            }
-        records = list(unique.values())
-        verdicts = judge_programs(
-            sandbox,
-            [(problem, r["program"]) for r in records],
-            [r["parse_reason"] for r in records],
-        )
-        for record, verdict in zip(records, verdicts, strict=True):
-            record["verdict"] = verdict.to_dict()
-            record["feedback"] = prompts.format_feedback(verdict)
-        log.commit(problem.key, records)
+        requests = [initial_request(problem, few_shot, model) for problem in group]
+        outputs = complete(model, requests, params)
+        for problem, request, completions in zip(group, requests, outputs, strict=True):
+            if problem.key not in log.done:
+                _commit_initial(problem, request[1], completions, model, sandbox, log)
+            bar.update(1)
+        to_terminal(f"collect: initial solutions of {bar.n}/{bar.total} problems")
+    bar.close()
+
+
+def _commit_initial(
+    problem: Problem,
+    prompt: str,
+    completions: Sequence[Any],
+    model: Generator,
+    sandbox: Sandbox,
+    log: ResumableLog,
+) -> None:
+    """Deduplicate one problem's samples, execute them and commit them as one unit."""
+    unique: dict[str, dict[str, Any]] = {}
+    for index, completion in enumerate(completions):
+        answer = read_answer(problem, completion.text)
+        program = answer.program
+        key = program if program is not None else "\0" + completion.text.strip()
+        if key in unique:
+            unique[key]["duplicates"] += 1
+            continue
+        unique[key] = {
+            "id": f"{problem.key}/s{index}",
+            "kind": "initial",
+            "task_id": problem.task_id,
+            "benchmark": problem.benchmark,
+            "prompt": prompt,
+            "response": completion.text,
+            "explanation": answer.explanation,
+            "code": answer.code,
+            "program": program,
+            "parse_reason": answer.parse_reason,
+            "duplicates": 0,
+            "finish_reason": completion.finish_reason,
+            "completion_tokens": completion.completion_tokens,
+            "model": model.name,
+        }
+    records = list(unique.values())
+    verdicts = judge_programs(
+        sandbox,
+        [(problem, r["program"]) for r in records],
+        [r["parse_reason"] for r in records],
+    )
+    for record, verdict in zip(records, verdicts, strict=True):
+        record["verdict"] = verdict.to_dict()
+        record["feedback"] = prompts.format_feedback(verdict)
+    log.commit(problem.key, records)
 
 
 def wrong_solutions(initial: list[dict[str, Any]], max_per_problem: int | None) -> list[dict]:
@@ -192,6 +223,7 @@ def sample_refinements(
             if record["id"] not in log.done:
                 log.commit(record["id"], by_parent[record["id"]])
         bar.update(len(batch))
+        to_terminal(f"collect: refinements of {bar.n}/{bar.total} wrong solutions")
     bar.close()
 
 

@@ -40,6 +40,7 @@ def run_collect(params: RunParams, run_dir: str | Path, progress: bool = True) -
                 cfg.max_new_tokens,
                 params.seed,
                 progress,
+                problems_per_call=cfg.problems_per_call,
             )
             initial = log.records
         t_initial = time.perf_counter() - start

@@ -59,6 +59,7 @@ from sdlib.prompting import prompts
 from sdlib.prompting.answers import no_code_verdict, read_answer
 from sdlib.runs.context import StageContext, training_problems
 from sdlib.runs.layout import RunLayout
+from sdlib.runs.notebook import to_terminal
 from sdlib.runs.params import NamedModel, RunParams
 from sdlib.stages.eval_report import (
     RESAMPLE,
@@ -445,6 +446,7 @@ def evaluate_model(
                             made[problem.task_id],
                         )
                     bar.update(len(todo))
+                    to_terminal(f"eval {bar.desc}: {bar.n}/{bar.total} tasks")
                 bar.close()
     finally:
         pipeline.close()
