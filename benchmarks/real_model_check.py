@@ -183,32 +183,35 @@ def report(run_dir: Path, grpo_dir: Path | None, probe: dict[str, Any] | None) -
     ppo = _summary(run_dir / "rl" / "summary.json")
     grpo = _summary(grpo_dir / "rl" / "summary.json") if grpo_dir else {}
     evals = _summary(run_dir / "eval" / "summary.json")
-    keep = ("steps", "seconds", "start", "mean_reward_first", "mean_reward_last", "algorithm")
+    sft_keys = ("eval_loss_before", "eval_loss_after", "records", "optimizer_steps")
+    sft_keys += ("trainable_parameters", "seconds_train", "seconds")
+    rl_keys = ("algorithm", "start", "steps", "batch_size", "reward_first", "reward_last")
+    rl_keys += ("pass_rate_last", "kl_last", "seconds", "seconds_generation", "seconds_update")
+    results = evals.get("results") or {}
+    table = run_dir / "eval" / "table.md"
     return {
         "run_dir": str(run_dir),
         "stage_seconds": stage_times(run_dir),
         "generation": probe,
         "parsing": parsing_report(run_dir),
-        "filter": _summary(run_dir / "filter" / "table.json"),
-        "sft": {
-            k: sft.get(k)
-            for k in ("eval_loss_before", "eval_loss_after", "records", "seconds")
-            if k in sft
-        }
-        | {k: v for k, v in sft.items() if k.startswith("eval_loss")},
-        "ppo": {k: ppo.get(k) for k in keep if k in ppo},
-        "grpo": {k: grpo.get(k) for k in keep if k in grpo},
-        "eval": {
-            "pass": evals.get("results") or evals.get("table"),
-            "refinement_rate": {
-                key: value.get("refinement_rate")
-                for key, value in (evals.get("results") or {}).items()
-                if isinstance(value, dict)
-            },
+        "filter": {
+            k: v for k, v in _summary(run_dir / "filter" / "table.json").items() if k != "by_source"
         },
-        "eval_table": (run_dir / "eval" / "table.md").read_text()
-        if (run_dir / "eval" / "table.md").is_file()
-        else None,
+        "sft": {k: sft.get(k) for k in sft_keys},
+        "ppo": {k: ppo.get(k) for k in rl_keys if k in ppo},
+        "grpo": {k: grpo.get(k) for k in rl_keys if k in grpo},
+        "eval": {
+            model: {
+                benchmark: {
+                    "status_counts": r["status_counts"],
+                    "pass@1": {s: r[s].get("pass@1") for s in evals.get("settings", []) if s in r},
+                    "refinement_rate": r["refinement_rate"],
+                }
+                for benchmark, r in by_benchmark.items()
+            }
+            for model, by_benchmark in results.items()
+        },
+        "eval_table": table.read_text() if table.is_file() else None,
     }
 
 

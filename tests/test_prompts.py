@@ -783,3 +783,16 @@ def test_golden_humaneval_prompt_keeps_its_signature(data_dir):
         "Write the complete function, starting from this signature and docstring:\n"
         "```python\n" + problem.prompt.strip("\n").rstrip() + "\n```\n"
     )
+
+
+def test_plain_chat_stops_at_any_new_turn_header() -> None:
+    """Gemma 3 270M, answering a refinement chat in the plain layout, closed its code block
+    and went on with a new "### Assistant:" turn up to max_new_tokens (collect, issue 15)."""
+    from sdlib.generation.backends import truncate_at_stop
+    from sdlib.prompting.prompts import STOP_PLAIN_CHAT
+
+    written = "```python\ndef find_min(a,b):\n    return a\n```\n\n### Assistant:\nmore"
+    text, hit = truncate_at_stop(written, STOP_PLAIN_CHAT)
+    assert hit and text == "```python\ndef find_min(a,b):\n    return a\n```\n"
+    for role in ("User", "System", "Assistant"):
+        assert truncate_at_stop(f"x\n### {role}:\ny", STOP_PLAIN_CHAT) == ("x", True)
