@@ -112,9 +112,14 @@ def probe_generation(params_path: Path, run_dir: Path) -> dict[str, Any]:
     return out
 
 
-def _jsonl(path: Path) -> list[dict[str, Any]]:
+def _jsonl(path: Path, committed: bool = True) -> list[dict[str, Any]]:
+    """A stage's records: a resumable log's committed ones (markers left out), or every line."""
+    from sdlib.data.resumable import read_committed
+
     if not path.is_file():
         return []
+    if committed:
+        return read_committed(path)
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -125,7 +130,7 @@ def parsing_report(run_dir: Path) -> dict[str, Any]:
     sources = {
         "collect initial (3-shot completion)": _jsonl(run_dir / "collect" / "initial.jsonl"),
         "collect refinements (chat layout)": _jsonl(run_dir / "collect" / "refinements.jsonl"),
-        "rl rollouts": _jsonl(run_dir / "rl" / "samples.jsonl"),
+        "rl rollouts": _jsonl(run_dir / "rl" / "samples.jsonl", committed=False),
     }
     out: dict[str, Any] = {}
     for name, records in sources.items():
