@@ -222,7 +222,7 @@ def test_dataset_table_rate_is_over_the_wrong_solutions_refined():
     assert table["rate"] == 0.5 and table["rate_of_all_wrong"] == 0.2
 
 
-def test_grouped_calls_resume_to_the_same_records(tmp_path, data_dir):
+def test_grouped_calls_resume_to_the_same_records(tmp_path, data_dir, monkeypatch, capfd):
     """``problems_per_call`` samples several problems in one call: a run stopped after the
     first problem of a group redoes the whole group and keeps exactly the same records."""
     from sdlib.data import benchmarks
@@ -242,6 +242,7 @@ def test_grouped_calls_resume_to_the_same_records(tmp_path, data_dir):
     folder = build_tiny_model(texts, pairs, tmp_path / "tiny", small, progress=False, verbose=False)
     model = Generator(HFBackend(folder, device="cpu", batch_size=8, progress=False), "tiny")
     kwargs = dict(few_shot=[], n=3, temperature=1.0, max_new_tokens=24, seed=1, progress=False)
+    monkeypatch.setenv("SDLIB_TERMINAL", "1")  # as under `sdlib run`: a line per call
     with Sandbox(SandboxConfig(timeout=5, workers=1)) as sandbox:
         with ResumableLog(tmp_path / "whole.jsonl") as log:
             sample_initial(problems, model, sandbox, log, problems_per_call=2, **kwargs)
@@ -255,3 +256,6 @@ def test_grouped_calls_resume_to_the_same_records(tmp_path, data_dir):
     assert sorted(map(key, resumed)) == sorted(map(key, whole))
     assert len(resumed) == len({r["id"] for r in resumed})
     assert {r["task_id"] for r in whole} == {p.task_id for p in problems}
+    err = capfd.readouterr().err
+    assert "collect: initial solutions of 2/3 problems" in err
+    assert "collect: initial solutions of 3/3 problems" in err

@@ -75,7 +75,8 @@ def sample_initial(
         unit="problem",
         disable=not progress,
     )
-    for group in todo:
+    total = sum(len(g) for g in todo)
+    for done, group in enumerate(todo):
         params = SamplingParams(
             n=n,
             temperature=temperature,
@@ -89,7 +90,8 @@ def sample_initial(
             if problem.key not in log.done:
                 _commit_initial(problem, request[1], completions, model, sandbox, log)
             bar.update(1)
-        to_terminal(f"collect: initial solutions of {bar.n}/{bar.total} problems")
+        finished = sum(len(g) for g in todo[: done + 1])  # a disabled bar counts nothing
+        to_terminal(f"collect: initial solutions of {finished}/{total} problems")
     bar.close()
 
 
@@ -223,7 +225,8 @@ def sample_refinements(
             if record["id"] not in log.done:
                 log.commit(record["id"], by_parent[record["id"]])
         bar.update(len(batch))
-        to_terminal(f"collect: refinements of {bar.n}/{bar.total} wrong solutions")
+        refined = len(wrong) - sum(len(b) for b in todo[todo.index(batch) + 1 :])
+        to_terminal(f"collect: refinements of {refined}/{len(wrong)} wrong solutions")
     bar.close()
 
 

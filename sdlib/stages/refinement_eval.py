@@ -408,13 +408,15 @@ def evaluate_model(
                 if round_ > job.rounds:
                     continue
                 log = state[id(job)].logs[round_]
+                desc = f"{job.label} · {job.benchmark} · {what}"
                 bar = tqdm(
                     total=len(job.problems),
-                    desc=f"{job.label} · {job.benchmark} · {what}",
+                    desc=desc,
                     unit="task",
                     disable=not progress,
                 )
-                bar.update(sum(p.task_id in log.done for p in job.problems))
+                finished = sum(p.task_id in log.done for p in job.problems)
+                bar.update(finished)
                 size = max(1, job.tasks_per_call)
                 for i in range(0, len(job.problems), size):
                     chunk = job.problems[i : i + size]
@@ -446,7 +448,8 @@ def evaluate_model(
                             made[problem.task_id],
                         )
                     bar.update(len(todo))
-                    to_terminal(f"eval {bar.desc}: {bar.n}/{bar.total} tasks")
+                    finished += len(todo)  # a disabled bar counts nothing
+                    to_terminal(f"eval {desc}: {finished}/{len(job.problems)} tasks")
                 bar.close()
     finally:
         pipeline.close()
