@@ -135,3 +135,35 @@ def test_refuses_to_overwrite_a_foreign_directory(tmp_path: Path) -> None:
 def test_rejects_empty_training_data(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         build_tiny_model(TEXTS, [], tmp_path / "m", SMALL, progress=False)
+
+
+def test_target_loss_equals_the_models_own_loss() -> None:
+    """The warm-start loss (head on target positions only) is HF's label loss, padding and all."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from sdlib.generation.tiny_model import _target_loss
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=97,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+        )
+    )
+    ids = torch.randint(1, 97, (3, 40))
+    mask = torch.ones_like(ids)
+    mask[1, 30:] = 0  # a padded row
+    labels = torch.full_like(ids, -100)
+    labels[0, 10:] = ids[0, 10:]
+    labels[1, 25:30] = ids[1, 25:30]
+    labels[2, 39:] = ids[2, 39:]  # a single target token, the last position
+    ours = _target_loss(model, ids, mask, labels)
+    theirs = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-6, abs=1e-6)
+    assert ours.requires_grad

@@ -28,7 +28,7 @@ from typing import Any
 from sdlib.runs.notebook import to_terminal
 
 # Bump when the build procedure changes, so that old caches are not reused.
-BUILD_FORMAT = 1
+BUILD_FORMAT = 2
 INFO_FILE = "tiny_model.json"
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
@@ -156,6 +156,21 @@ def _encode_pairs(
     return out
 
 
+def _target_loss(model: Any, ids: Any, mask: Any, labels: Any) -> Any:
+    """Mean cross-entropy on the target tokens, the same number as ``model(labels=...).loss``.
+
+    The head runs on the target positions only: with prompts ~80% of a pair, projecting every
+    position onto the vocabulary was most of a step (1.5-1.8 s per step here instead of 2.5-4 s).
+    """
+    import torch.nn.functional as F
+
+    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    targets = labels[:, 1:]
+    keep = targets != -100
+    logits = model.lm_head(hidden[:, :-1][keep]).float()
+    return F.cross_entropy(logits, targets[keep])
+
+
 def _warm_start(
     model: Any,
     encoded: list[tuple[list[int], list[int]]],
@@ -191,7 +206,7 @@ def _warm_start(
             ids[i, :n] = torch.tensor(p + t)
             labels[i, len(p) : n] = torch.tensor(t)
             mask[i, :n] = 1
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss = _target_loss(model, ids, mask, labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -177,7 +177,7 @@ def sample_refinements(
     todo = [b for b in batches if any(w["id"] not in log.done for w in b)]
     bar = tqdm(total=len(wrong), desc="refinements", unit="wrong solution", disable=not progress)
     bar.update(len(wrong) - sum(len(b) for b in todo))
-    for batch in todo:
+    for position, batch in enumerate(todo):
         jobs = []  # (wrong record, mode, messages, prompt)
         for record in batch:
             problem = problems[record["task_id"]]
@@ -225,7 +225,7 @@ def sample_refinements(
             if record["id"] not in log.done:
                 log.commit(record["id"], by_parent[record["id"]])
         bar.update(len(batch))
-        refined = len(wrong) - sum(len(b) for b in todo[todo.index(batch) + 1 :])
+        refined = len(wrong) - sum(len(b) for b in todo[position + 1 :])
         to_terminal(f"collect: refinements of {refined}/{len(wrong)} wrong solutions")
     bar.close()
 
