@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tiny_fixtures import small_config, tiny_corpus
 
 from sdlib.generation.backends import (
     Backend,
@@ -31,26 +32,12 @@ from sdlib.generation.backends import (
     truncate_at_stop,
     vllm_sampling_kwargs,
 )
-from sdlib.generation.tiny_model import TinyModelConfig, build_tiny_model, tiny_prompt
+from sdlib.generation.tiny_model import build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
-MBPP = Path(os.environ.get("SDLIB_DATA_DIR") or ROOT.parent / "shared" / "data") / "mbpp.jsonl"
-SMALL = TinyModelConfig(
-    vocab_size=512, hidden=32, intermediate=64, layers=2, heads=2, max_len=320, steps=30
-)
+SMALL = small_config(steps=30)
 SERVED = "tiny"
-
-
-def _mbpp_train(n: int = 24) -> tuple[list[str], list[tuple[str, str]]]:
-    rows = [json.loads(line) for line in MBPP.read_text().splitlines()]
-    train = [r for r in rows if 601 <= r["task_id"] <= 974]
-    code = [r["code"].replace("\r\n", "\n") for r in train]
-    texts = [r["text"] for r in train] + code
-    pairs = [(tiny_prompt(r["text"], r["test_list"][0]), c) for r, c in zip(train, code)]
-    return texts, pairs[:n]
-
-
-TEXTS, PAIRS = _mbpp_train()
+TEXTS, PAIRS = tiny_corpus()
 PROMPTS = [p for p, _ in PAIRS[:3]]
 
 

@@ -145,6 +145,10 @@ def test_notebook_prepares_a_blinded_study(run):
         assert item["code"] == source["code"] and item["feedback"] == source["feedback"]
     responses = [k["response"] for k in key.values()]
     assert all(isinstance(r, str) and r for r in responses)  # generated (a 4-step model: blanks)
+    blank = {m: 0 for m in ("base", "custom7")}
+    for item in items.values():
+        blank[key[item["item"]]["model"]] += not item["explanation"].strip()
+    assert human_study.summary(study)["items_without_explanation"] == blank
 
     executed = run_dir / "notebooks" / "06_human_study.ipynb"
     assert executed.is_file() and (run_dir / "human_study" / "DONE.json").is_file()

@@ -5,11 +5,10 @@ and the backend the same text as without it."""
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import pytest
+from tiny_fixtures import mbpp_rows, small_config, tiny_corpus
 
 from sdlib.generation.backends import HFBackend, SamplingParams
 from sdlib.generation.kv_cache import (
@@ -18,21 +17,10 @@ from sdlib.generation.kv_cache import (
     mergeable,
     stack_left_padded,
 )
-from sdlib.generation.tiny_model import TinyModelConfig, build_tiny_model, tiny_prompt
+from sdlib.generation.tiny_model import build_tiny_model, tiny_prompt
 
-ROOT = Path(__file__).resolve().parents[1]
-MBPP = Path(os.environ.get("SDLIB_DATA_DIR") or ROOT.parent / "shared" / "data") / "mbpp.jsonl"
-SMALL = TinyModelConfig(
-    vocab_size=512, hidden=32, intermediate=64, layers=2, heads=2, max_len=320, steps=20
-)
-
-
-def _mbpp(n: int) -> list[dict]:
-    rows = [json.loads(line) for line in MBPP.read_text().splitlines()]
-    return [r for r in rows if 601 <= r["task_id"] <= 974][:n]
-
-
-ROWS = _mbpp(24)
+SMALL = small_config(steps=20)
+ROWS = mbpp_rows()[:24]
 SHARED = "".join(f"{r['text']}\n```python\n{r['code']}\n```\n\n" for r in ROWS[:2])
 # Prompts behind one shared prefix, of different lengths (rows are left-padded).
 PROMPTS = [SHARED + tiny_prompt(r["text"], r["test_list"][0]) for r in ROWS[5:8]]
@@ -40,8 +28,7 @@ PROMPTS = [SHARED + tiny_prompt(r["text"], r["test_list"][0]) for r in ROWS[5:8]
 
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    texts = [r["text"] for r in ROWS] + [r["code"] for r in ROWS]
-    pairs = [(tiny_prompt(r["text"], r["test_list"][0]), r["code"]) for r in ROWS]
+    texts, pairs = tiny_corpus()
     out = tmp_path_factory.mktemp("kv") / "tiny"
     return build_tiny_model(texts, pairs, out, SMALL, progress=False, verbose=False)
 
@@ -113,8 +100,9 @@ def test_merged_cache_gives_left_padded_logits(backend: HFBackend) -> None:
 
 
 def test_backend_text_is_unchanged_and_prefix_reused(backend: HFBackend) -> None:
-    """Greedy and seeded sampling give the same text with and without the cache; a second
-    call behind the same prefix prefills only the prompts' own tokens."""
+    """Greedy and seeded sampling give the same text with and without the cache (seeded: as
+    one plain generate call); a second call behind the same prefix prefills only the
+    prompts' own tokens."""
     plain = HFBackend.from_model(backend.model, backend.tokenizer, batch_size=8, progress=False)
     cached = HFBackend.from_model(
         backend.model, backend.tokenizer, batch_size=8, progress=False, prefix_cache=True
@@ -129,6 +117,13 @@ def test_backend_text_is_unchanged_and_prefix_reused(backend: HFBackend) -> None
     again = cached.generate(PROMPTS[:2], sampled)
     assert cached.generate(PROMPTS[:2], sampled) == again  # seeded: reproducible
     assert len({c.text for r in again for c in r}) > 1
+    # seeded samples equal a plain run in one generate call (the same random draws)
+    one_call = HFBackend.from_model(
+        backend.model, backend.tokenizer, batch_size=8, progress=False, refill_every=None
+    )
+    assert [[c.text for c in r] for r in one_call.generate(PROMPTS[:2], sampled)] == [
+        [c.text for c in r] for r in again
+    ]
     ids = [backend.tokenizer(p)["input_ids"] for p in PROMPTS[:2]]
     shared = len(cached.prefix_cache.tokens)
     # the second call reused the first call's prefix: only the prompts' own tokens ran

@@ -169,6 +169,8 @@ def test_grpo_baseline_runs_with_the_same_rewards(rl_run, tmp_path):
     assert metrics[0]["trl"]["reward"] == pytest.approx(metrics[0]["reward_mean"], abs=1e-4)
     assert (other / "rl" / "model" / "adapter_config.json").is_file()
     assert (other / "rl" / "reward.png").is_file()
+    written = json.loads((other / "rl" / "summary.json").read_text())  # where PPO writes its own
+    assert written["algorithm"] == "grpo" and written["reward_last"] == summary["reward_last"]
 
 
 def test_ppo_run_end_to_end(rl_run):

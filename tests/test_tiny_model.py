@@ -3,44 +3,21 @@ reused when nothing changed, and rebuilds bit-identically from its seed."""
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import pytest
+from tiny_fixtures import small_config, tiny_corpus
 
 from sdlib.generation.tiny_model import (
     INFO_FILE,
     TinyModelConfig,
     build_tiny_model,
     load_build_info,
-    tiny_prompt,
     train_tokenizer,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-MBPP = Path(os.environ.get("SDLIB_DATA_DIR") or DATA) / "mbpp.jsonl"
-# Small enough for a few seconds per build on 2 shared CPU cores.
-SMALL = TinyModelConfig(
-    vocab_size=512, hidden=32, intermediate=64, layers=2, heads=2, max_len=320, steps=20
-)
-
-
-def _mbpp() -> tuple[list[str], list[tuple[str, str]]]:
-    """Tokenizer texts (train + validation text and code) and 24 train (prompt, code) pairs."""
-    rows = [json.loads(line) for line in MBPP.read_text().splitlines()]
-    train = [r for r in rows if 601 <= r["task_id"] <= 974]
-    val = [r for r in rows if 511 <= r["task_id"] <= 600]
-
-    def code(r: dict) -> str:
-        return r["code"].replace("\r\n", "\n")
-
-    texts = [r["text"] for r in train + val] + [code(r) for r in train + val]
-    pairs = [(tiny_prompt(r["text"], r["test_list"][0]), code(r)) for r in train[:24]]
-    return texts, pairs
-
-
-TEXTS, PAIRS = _mbpp()
+SMALL = small_config(steps=20)
+TEXTS, PAIRS = tiny_corpus(with_validation=True)
 
 
 def test_default_config_is_the_measured_recipe() -> None:

@@ -26,7 +26,7 @@ import json
 import random
 import statistics
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -378,7 +378,16 @@ def prepare_study(
         explanations = log.records
     write_study(folder, meta, explanations, cfg)
     _write_json(meta_path, {**meta, "frozen": True})
-    return summary(folder, seconds=time.perf_counter() - start, prepared=True)
+    prepared = summary(folder, seconds=time.perf_counter() - start, prepared=True)
+    for model, n in prepared["items_without_explanation"].items():
+        if n:
+            total = sum(k["model"] == model for k in load_key(folder).values())
+            print(
+                f"warning: {n} of {total} explanations by {model!r} are empty (it wrote code "
+                "first); fine-tune it on Expl.+Refine records (sft stage) before a real study",
+                flush=True,
+            )
+    return prepared
 
 
 def write_study(
@@ -474,6 +483,9 @@ def summary(folder: str | Path, seconds: float | None = None, prepared: bool = F
     for rating in all_ratings(folder):
         rated[rating["rater"]].add(rating["item"])
     models = sorted({k["model"] for k in key.values()})
+    blank = Counter(
+        key[i]["model"] for i, item in load_items(folder).items() if not item["explanation"].strip()
+    )
     return {
         "study": str(folder),
         "prepared_now": prepared,
@@ -481,6 +493,9 @@ def summary(folder: str | Path, seconds: float | None = None, prepared: bool = F
         "problems": len(meta["problems"]),
         "models": models,
         "items": len(key),
+        # A base model often answers the Expl.+Refine prompt with code alone: raters then see
+        # "(no explanation)". Counted so that a study of blanks is noticed before rating.
+        "items_without_explanation": {m: blank[m] for m in models},
         "skipped_models": meta["skipped_models"],
         "notes": meta["notes"],
         "raters": {
