@@ -8,8 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tiny_fixtures import mbpp_rows, small_config, tiny_corpus
+from tiny_fixtures import small_config, tiny_corpus
 
+from sdlib.data import benchmarks
 from sdlib.generation.backends import HFBackend, SamplingParams
 from sdlib.generation.kv_cache import (
     PrefixCache,
@@ -20,10 +21,10 @@ from sdlib.generation.kv_cache import (
 from sdlib.generation.tiny_model import build_tiny_model, tiny_prompt
 
 SMALL = small_config(steps=20)
-ROWS = mbpp_rows()[:24]
-SHARED = "".join(f"{r['text']}\n```python\n{r['code']}\n```\n\n" for r in ROWS[:2])
+ROWS = benchmarks.load("mbpp", split="train")[:24]
+SHARED = "".join(f"{p.text}\n```python\n{p.reference}\n```\n\n" for p in ROWS[:2])
 # Prompts behind one shared prefix, of different lengths (rows are left-padded).
-PROMPTS = [SHARED + tiny_prompt(r["text"], r["test_list"][0]) for r in ROWS[5:8]]
+PROMPTS = [SHARED + tiny_prompt(p.text, p.visible_tests[0]) for p in ROWS[5:8]]
 
 
 @pytest.fixture(scope="module")

@@ -1,28 +1,11 @@
-"""What the tests that build a small embedded model share: MBPP rows by split, the tokenizer
-texts and (prompt, code) pairs, and a model small enough to build in seconds on 2 CPU cores."""
+"""What the tests that build a small embedded model share: the tokenizer texts and
+(prompt, code) pairs from MBPP's training split, and a model small enough to build in
+seconds on 2 CPU cores."""
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
+from sdlib.data import benchmarks
 from sdlib.generation.tiny_model import TinyModelConfig, tiny_prompt
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-MBPP = Path(os.environ.get("SDLIB_DATA_DIR") or DATA) / "mbpp.jsonl"
-SPLITS = {"train": (601, 974), "validation": (511, 600)}
-
-
-def mbpp_rows(split: str = "train") -> list[dict]:
-    """MBPP's rows of one split, code with Unix line ends."""
-    first, last = SPLITS[split]
-    rows = [json.loads(line) for line in MBPP.read_text().splitlines()]
-    return [
-        {**r, "code": r["code"].replace("\r\n", "\n")}
-        for r in rows
-        if first <= r["task_id"] <= last
-    ]
 
 
 def tiny_corpus(
@@ -30,10 +13,10 @@ def tiny_corpus(
 ) -> tuple[list[str], list[tuple[str, str]]]:
     """Tokenizer texts (text and code of the train split, and validation when asked) and the
     first ``n_pairs`` train (prompt, code) pairs, as the embedded model is warm-started."""
-    train = mbpp_rows("train")
-    rows = train + (mbpp_rows("validation") if with_validation else [])
-    texts = [r["text"] for r in rows] + [r["code"] for r in rows]
-    pairs = [(tiny_prompt(r["text"], r["test_list"][0]), r["code"]) for r in train[:n_pairs]]
+    train = benchmarks.load("mbpp", split="train")
+    problems = train + (benchmarks.load("mbpp", split="validation") if with_validation else [])
+    texts = [p.text for p in problems] + [p.reference for p in problems]
+    pairs = [(tiny_prompt(p.text, p.visible_tests[0]), p.reference) for p in train[:n_pairs]]
     return texts, pairs
 
 

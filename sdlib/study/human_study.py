@@ -379,12 +379,13 @@ def prepare_study(
     write_study(folder, meta, explanations, cfg)
     _write_json(meta_path, {**meta, "frozen": True})
     prepared = summary(folder, seconds=time.perf_counter() - start, prepared=True)
+    per_model = Counter(k["model"] for k in load_key(folder).values())
     for model, n in prepared["items_without_explanation"].items():
         if n:
-            total = sum(k["model"] == model for k in load_key(folder).values())
             print(
-                f"warning: {n} of {total} explanations by {model!r} are empty (it wrote code "
-                "first); fine-tune it on Expl.+Refine records (sft stage) before a real study",
+                f"warning: {n} of {per_model[model]} explanations by {model!r} are empty (it "
+                "wrote code first); fine-tune it on Expl.+Refine records (sft stage) before a "
+                "real study",
                 flush=True,
             )
     return prepared

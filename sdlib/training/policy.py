@@ -139,6 +139,14 @@ class RLRun:
             update_manifest(self.ctx.run_dir, rl_learning_rates=rates)
         return rates
 
+    def save_summary(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """``rl/summary.json``, the one file any algorithm's run is read from (main process)."""
+        if self.main:
+            import json
+
+            self.ctx.layout.rl_summary.write_text(json.dumps(summary, indent=1))
+        return summary
+
     def samples_log(self) -> JsonlWriter | None:
         """``rl/samples.jsonl``, started afresh; written by the main process only."""
         if not self.main:

@@ -294,9 +294,7 @@ def run_rl(params: RunParams, run_dir: str | Path, progress: bool = True) -> dic
             4,
         ),
     }
-    if main:
-        layout.rl_summary.write_text(json.dumps(summary, indent=1))
-    return summary
+    return run.save_summary(summary)
 
 
 def _eval_report(evals: dict[str, list[dict[str, Any]]], cfg: Any, seed: int) -> dict[str, Any]:

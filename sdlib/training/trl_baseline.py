@@ -3,7 +3,6 @@ rewards summed into one number per completion (``rl.algorithm: grpo | rloo``).""
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -188,7 +187,6 @@ def run_trl_baseline(
         "trainable_checksum": trainable_checksum(trainer.model),
         "seconds": round(time.perf_counter() - t_run, 1),
     }
-    if main:  # the same file PPO writes: one place to read any algorithm's run from
-        layout.rl_summary.write_text(json.dumps(summary, indent=1))
+    run.save_summary(summary)
     accelerator.wait_for_everyone()
     return summary
