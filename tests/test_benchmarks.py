@@ -147,7 +147,7 @@ def file_server(tmp_path):
 
 def test_download_when_missing_checks_sha256(tmp_path, monkeypatch, file_server, data_dir):
     served, base = file_server
-    shutil.copy(data_dir / "mbpp.jsonl", served / "mbpp.jsonl")
+    shutil.copyfile(data_dir / "mbpp.jsonl", served / "mbpp.jsonl")
     spec = datafiles.FILES["mbpp.jsonl"]
     monkeypatch.setitem(
         datafiles.FILES, "mbpp.jsonl", dataclasses.replace(spec, url=f"{base}/mbpp.jsonl")

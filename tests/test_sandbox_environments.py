@@ -251,25 +251,38 @@ def test_required_namespaces_where_unshare_is_refused_say_why_and_how():
         shutil.rmtree(base, ignore_errors=True)
 
 
-def test_the_doctor_reports_what_isolation_none_leaves_open():
-    """Resource limits alone: the report must not claim what it cannot contain."""
+@pytest.mark.parametrize("as_user", [False, True], ids=["root", "user"])
+def test_the_doctor_reports_what_isolation_none_leaves_open(as_user):
+    """Resource limits alone: the report must not claim what it cannot contain. Run by an
+    ordinary user (the job then runs as that user), the doctor must not kill every process
+    of the user, itself and this test included."""
+    user = _test_user() if as_user else None
     base = Path(tempfile.mkdtemp(prefix="sdlib-none-"))
     base.chmod(0o755)
     try:
-        project, python = _install(base)
+        project, python = _install(base, owner=user[:2] if user else None)
+        kwargs: dict = {}
+        if user is not None and os.getuid() == 0:
+            kwargs.update(user=user[0], group=user[1], extra_groups=[])
         done = subprocess.run(
             [str(python), "-m", "sdlib.execution.doctor", "--json", "--isolation", "none"],
             cwd=project,
             capture_output=True,
             text=True,
             timeout=120,
-            env={"PATH": "/usr/bin:/bin"},
+            env={"PATH": "/usr/bin:/bin", "HOME": str(user[2] if user else base)},
+            **kwargs,
         )
         report = json.loads(done.stdout)
         assert set(report["isolation"]["missing"]) == {"filesystem", "network", "processes", "ipc"}
         assert done.returncode == 1  # something got through, and the exit code says so
         assert not report["ok"]
         assert "WARNING: the sandbox is weakened" in done.stderr
+        kill = next(c for c in report["checks"] if c["name"] == "kill-parent")
+        if as_user or os.getuid() != 0:  # the job runs as the caller: refused, not run
+            assert not kill["contained"] and "not run" in kill["detail"], kill
+        else:  # root's jobs run as another uid, which can signal none of root's processes
+            assert "not run" not in kill["detail"], kill
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

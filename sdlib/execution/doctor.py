@@ -191,6 +191,11 @@ class SelfTest:
         return not got, " and ".join(got) + " got through" if got else ""
 
     def kill(self) -> tuple[bool, str]:
+        isolation = self.sandbox.isolation
+        if not isolation["contains"].get("processes") and "uid" not in isolation:
+            # Nothing scopes the job's signals and it runs as us: kill(-1) would end every
+            # process of this user, the doctor and the user's session included.
+            return False, "not run: it would kill every process of yours, this one included"
         canary = subprocess.Popen(["sleep", "60"], start_new_session=True)
         try:
             program = (

