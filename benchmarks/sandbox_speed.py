@@ -278,6 +278,87 @@ def whole_commands(workers: int, runs: int) -> None:
     breakdown(files["humaneval"], workers)
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux's ``/proc/<pid>/task/*/children``)."""
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            found += [int(child) for child in f.read().split()]
+    return found
+
+
+def page_faults(pid: int) -> tuple[int, int]:
+    """Minor page faults of ``pid`` and of the children it has reaped (``/proc/<pid>/stat``)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[7]), int(fields[8])
+
+
+def bare_fork(jobs: int = 300) -> float:
+    """Milliseconds of ``fork`` + ``_exit`` + ``wait`` in a process that has imported what a
+    zygote imports: the floor of a job (the cost grows with the forking process's memory)."""
+    import subprocess
+
+    script = (
+        "import os, statistics, time, gc, sdlib.execution.sandbox_worker\n"
+        "gc.freeze()\n"
+        "times = []\n"
+        f"for _ in range({jobs}):\n"
+        "    start = time.perf_counter()\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        os._exit(0)\n"
+        "    os.waitpid(pid, 0)\n"
+        "    times.append(time.perf_counter() - start)\n"
+        "print(1e3 * statistics.median(times))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, check=True, capture_output=True, text=True
+    )
+    return float(done.stdout)
+
+
+def fault_cost(pages: int = 1000, jobs: int = 100) -> tuple[float, float]:
+    """Microseconds of one page fault after a fork: writing a page the child still shares
+    (the kernel copies it) and one it no longer shares (the kernel only re-enables writes)."""
+    import subprocess
+
+    script = (
+        "import os, statistics, time\n"
+        f"pages = {pages}\n"
+        "buf = bytearray(pages << 12)\n"
+        "def touch():\n"
+        "    start = time.perf_counter()\n"
+        "    for i in range(0, pages << 12, 4096):\n"
+        "        buf[i] = 1\n"
+        "    return time.perf_counter() - start\n"
+        "copy, reuse, none = [], [], []\n"
+        f"for _ in range({jobs}):\n"
+        "    read_fd, write_fd = os.pipe()\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        os.read(read_fd, 1)\n"
+        "        os._exit(0)\n"
+        "    copy.append(touch())\n"
+        "    os.write(write_fd, b'x')\n"
+        "    os.waitpid(pid, 0)\n"
+        "    os.close(read_fd)\n"
+        "    os.close(write_fd)\n"
+        "    none.append(touch())\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        os._exit(0)\n"
+        "    os.waitpid(pid, 0)\n"
+        "    reuse.append(touch())\n"
+        "base = statistics.median(none)\n"
+        "print(*(1e6 * (statistics.median(t) - base) / pages for t in (copy, reuse)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
+    copy, reuse = map(float, done.stdout.split())
+    return copy, reuse
+
+
 def breakdown(path: Path, workers: int) -> None:
     """Where the time of ``sdlib evaluate`` goes on a samples file, measured in-process."""
     import json
@@ -305,18 +386,31 @@ def breakdown(path: Path, workers: int) -> None:
         started = time.perf_counter() - start
         for problem in problems.values():
             sandbox.plan(problem)  # made here once per problem, as measured above
+        zygotes = [z for w in children(os.getpid()) for z in (children(w) or [w])]
+        before = [page_faults(z) for z in zygotes]
         cpu, start = time.process_time(), time.perf_counter()
         verdicts = sandbox.run_many(jobs)
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+        after = [page_faults(z) for z in zygotes]
     n = len(jobs)
     job = statistics.median(v.duration for v in verdicts)
-    fork = layer_cost(200)["fork+exit"] / 1e3
+    fork = bare_fork()
     print(f"[where sdlib evaluate's time goes: {n} HumanEval samples, {workers} workers]")
     print(f"  once: interpreter and imports {interpreter:.2f} s, benchmark load {loaded:.2f} s,")
     print(f"        {workers} workers started {started:.2f} s, 164 problems planned {plans:.2f} s")
     print(f"  per sample: {1e3 * elapsed / n:.2f} ms of wall time ({workers} at a time), of which")
     print(f"    job from fork to its last report (median): {1e3 * job:.2f} ms")
-    print(f"      (a bare fork + exit + wait of a Python process here: {fork:.2f} ms)")
+    print(f"      (a bare fork + exit + wait of a process the zygote's size: {fork:.2f} ms)")
+    if zygotes:
+        own = sum(a[0] - b[0] for a, b in zip(after, before)) / n
+        runners = sum(a[1] - b[1] for a, b in zip(after, before)) / n
+        print(f"      page faults per job: zygote {own:.0f}, runner {runners:.0f} (copy-on-write")
+        print("      of the pages each one writes after the fork)")
+        copy, reuse = fault_cost()
+        print(
+            f"      one fault: {copy:.2f} us if the page is still shared (copied), {reuse:.2f} us"
+        )
+        print("      if not (the zygote's, after its runner has exited)")
     print(f"    trusted side (replaying the tests, deciding; CPU): {1e3 * cpu / n:.2f} ms")
     rest = 1e3 * elapsed * workers / n - 1e3 * job
     print(f"    worker round trip and clean-up, the rest per job: {rest:.2f} ms")
