@@ -294,68 +294,70 @@ def page_faults(pid: int) -> tuple[int, int]:
     return int(fields[7]), int(fields[8])
 
 
+def in_fresh_process(script: str) -> list[float]:
+    """The numbers a measuring script prints, run in an interpreter of its own (the cost of
+    a fork depends on the size of the process that forks, so not in this one)."""
+    import subprocess
+    import textwrap
+
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-c", textwrap.dedent(script)]
+    done = subprocess.run(command, cwd=root, check=True, capture_output=True, text=True)
+    return [float(number) for number in done.stdout.split()]
+
+
 def bare_fork(jobs: int = 300) -> float:
     """Milliseconds of ``fork`` + ``_exit`` + ``wait`` in a process that has imported what a
-    zygote imports: the floor of a job (the cost grows with the forking process's memory)."""
-    import subprocess
-
-    script = (
-        "import os, statistics, time, gc, sdlib.execution.sandbox_worker\n"
-        "gc.freeze()\n"
-        "times = []\n"
-        f"for _ in range({jobs}):\n"
-        "    start = time.perf_counter()\n"
-        "    pid = os.fork()\n"
-        "    if pid == 0:\n"
-        "        os._exit(0)\n"
-        "    os.waitpid(pid, 0)\n"
-        "    times.append(time.perf_counter() - start)\n"
-        "print(1e3 * statistics.median(times))\n"
-    )
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=root, check=True, capture_output=True, text=True
-    )
-    return float(done.stdout)
+    zygote imports: the floor of a job."""
+    (milliseconds,) = in_fresh_process(f"""
+        import gc, os, statistics, time
+        import sdlib.execution.sandbox_worker
+        gc.freeze()
+        times = []
+        for _ in range({jobs}):
+            start = time.perf_counter()
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            os.waitpid(pid, 0)
+            times.append(time.perf_counter() - start)
+        print(1e3 * statistics.median(times))
+        """)
+    return milliseconds
 
 
 def fault_cost(pages: int = 1000, jobs: int = 100) -> tuple[float, float]:
     """Microseconds of one page fault after a fork: writing a page the child still shares
     (the kernel copies it) and one it no longer shares (the kernel only re-enables writes)."""
-    import subprocess
-
-    script = (
-        "import os, statistics, time\n"
-        f"pages = {pages}\n"
-        "buf = bytearray(pages << 12)\n"
-        "def touch():\n"
-        "    start = time.perf_counter()\n"
-        "    for i in range(0, pages << 12, 4096):\n"
-        "        buf[i] = 1\n"
-        "    return time.perf_counter() - start\n"
-        "copy, reuse, none = [], [], []\n"
-        f"for _ in range({jobs}):\n"
-        "    read_fd, write_fd = os.pipe()\n"
-        "    pid = os.fork()\n"
-        "    if pid == 0:\n"
-        "        os.read(read_fd, 1)\n"
-        "        os._exit(0)\n"
-        "    copy.append(touch())\n"
-        "    os.write(write_fd, b'x')\n"
-        "    os.waitpid(pid, 0)\n"
-        "    os.close(read_fd)\n"
-        "    os.close(write_fd)\n"
-        "    none.append(touch())\n"
-        "    pid = os.fork()\n"
-        "    if pid == 0:\n"
-        "        os._exit(0)\n"
-        "    os.waitpid(pid, 0)\n"
-        "    reuse.append(touch())\n"
-        "base = statistics.median(none)\n"
-        "print(*(1e6 * (statistics.median(t) - base) / pages for t in (copy, reuse)))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
-    copy, reuse = map(float, done.stdout.split())
+    copy, reuse = in_fresh_process(f"""
+        import os, statistics, time
+        buf = bytearray({pages} << 12)
+        def touch():
+            start = time.perf_counter()
+            for i in range(0, len(buf), 4096):
+                buf[i] = 1
+            return time.perf_counter() - start
+        copy, reuse, none = [], [], []
+        for _ in range({jobs}):
+            read_fd, write_fd = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # stays alive, sharing every page, until told to go
+                os.read(read_fd, 1)
+                os._exit(0)
+            copy.append(touch())
+            os.write(write_fd, b"x")
+            os.waitpid(pid, 0)
+            os.close(read_fd)
+            os.close(write_fd)
+            none.append(touch())  # pages our own again: no faults
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            os.waitpid(pid, 0)
+            reuse.append(touch())
+        base = statistics.median(none)
+        print(*(1e6 * (statistics.median(t) - base) / {pages} for t in (copy, reuse)))
+        """)
     return copy, reuse
 
 
